@@ -1,0 +1,58 @@
+"""The contract between the executor and a backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dask_wren import protocol
+from dask_wren.storage import storage_from_spec
+
+
+@dataclass
+class Invocation:
+    """One worker invocation: an event for ``lambda_handler`` covering one or more calls."""
+
+    request_id: str
+    event: dict[str, Any]
+    call_ids: list[str]
+    timeout: float
+    cancelled: set[str] = field(default_factory=set)
+
+
+class Backend(Protocol):
+    """Runs invocations somewhere.  Contract: every call of an accepted invocation ends with a
+    result record in storage (written by the worker, or by the backend for a worker it lost),
+    unless the call was cancelled."""
+
+    def invoke(self, invocations: list[Invocation]) -> None: ...
+
+    def cancel(self, request_id: str, call_id: str) -> None:
+        """Best effort: drop the call if it has not started, stop it if it is running alone."""
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called whenever results may have appeared (a hint, not a promise)."""
+
+    def remove_progress_listener(self, listener: Callable[[], None]) -> None: ...
+
+
+def write_failure_records(inv: Invocation, kind: str, message: str) -> None:
+    """Record a failure for every call of ``inv`` that has no result yet (first writer wins)."""
+    event = inv.event
+    storage = storage_from_spec(event["storage"])
+    now = time.time()
+    for call_id in inv.call_ids:
+        if call_id in inv.cancelled:
+            continue
+        header = {
+            "job_id": event["job_id"],
+            "call_id": call_id,
+            "request_id": inv.request_id,
+            "status": protocol.STATUS_FAILED,
+            "error": {"kind": kind, "message": message},
+            "timings": {"backend_recorded": now},
+        }
+        key = protocol.result_key(event["prefix"], event["job_id"], call_id)
+        storage.put_if_absent(key, protocol.encode_result(header))

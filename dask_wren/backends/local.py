@@ -1,0 +1,337 @@
+"""The embedded backend: a pool of warm worker processes, each a stand-in for a Lambda sandbox.
+
+One dispatcher thread owns all state below; other threads only append to ``_inbox`` and wake it.
+
+State (dispatcher thread only):
+    queue    invocations accepted and not yet sent, in order
+    workers  live worker processes; each is starting (not ``ready``), idle, or running exactly
+             one invocation (``current``) since ``started``
+    pending  process handles of workers being replaced (reaped without blocking)
+
+Transitions:
+    invoke        -> appended to queue; idle workers take from the head
+    worker done   -> worker idle; progress listeners are told
+    worker EOF    -> the process died: its invocation's calls get ``worker_died`` records, a
+                     replacement starts
+    deadline      -> the worker is killed: ``timeout`` records, a replacement starts
+    cancel        -> a queued call is dropped; a running invocation whose calls are all cancelled
+                     is killed (no record: the future is already cancelled)
+
+Workers are started with ``subprocess`` in an empty directory without the host's ``PYTHONPATH``
+or working directory on ``sys.path``, so a function that works here also works on Lambda.  Each
+worker's stderr goes to a log file whose tail is quoted when the worker dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+
+from dask_wren import protocol
+from dask_wren.backends.base import Invocation, write_failure_records
+
+_STARTUP_FAILURES_ALLOWED = 3
+_LOG_TAIL_BYTES = 2000
+
+
+class _Worker:
+    _ids = itertools.count()
+
+    def __init__(self, log_dir: str, memory_mb: int, function_name: str):
+        self.id = next(self._ids)
+        parent, child = socket.socketpair()
+        self.log_path = os.path.join(log_dir, f"worker-{self.id}.log")
+        self.log = open(self.log_path, "wb")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
+        cmd = [sys.executable]
+        if sys.version_info >= (3, 11):
+            cmd.append("-P")  # do not put the working directory on sys.path
+        cmd += ["-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name]
+        self.proc = subprocess.Popen(
+            cmd, cwd=log_dir, env=env, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.ready = False
+        self.current: Invocation | None = None
+        self.started = 0.0
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - _LOG_TAIL_BYTES))
+                return f.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        self.conn.close()
+        self.log.close()
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "closed its connection"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (exit code {code})"
+    return f"exited with code {code}"
+
+
+class LocalBackend:
+    """A warm pool of ``workers`` processes running ``lambda_worker.handler.lambda_handler``."""
+
+    def __init__(self, workers: int | None = None, memory_mb: int = 2048, function_name: str = "dask-wren-local"):
+        self.n_workers = workers or os.cpu_count() or 1
+        self.memory_mb = memory_mb
+        self.function_name = function_name
+        self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple] = deque()
+        self._listeners: list[Callable[[], None]] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._closed = False
+        self._broken: str | None = None
+        self._thread: threading.Thread | None = None
+        # dispatcher-thread state
+        self._queue: deque[Invocation] = deque()
+        self._workers: list[_Worker] = []
+        self._startup_failures = 0
+
+    # -- public API (any thread) -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker processes now rather than at the first invoke."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this local backend has been shut down")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dask-wren-local-dispatch", daemon=True)
+                self._thread.start()
+
+    def invoke(self, invocations: list[Invocation]) -> None:
+        self.start()
+        self._post(("invoke", invocations))
+
+    def cancel(self, request_id: str, call_id: str) -> None:
+        self._post(("cancel", request_id, call_id))
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (for diagnostics and tests)."""
+        return [w.proc.pid for w in list(self._workers)]
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._post(("shutdown",))
+        if thread is not None:
+            thread.join(timeout=10)
+
+    # -- dispatcher thread ------------------------------------------------------------------
+
+    def _post(self, message: tuple) -> None:
+        self._inbox.append(message)
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._fill_pool()
+                self._dispatch()
+                timeout = self._next_deadline()
+                ready = wait([self._wake_r] + [w.conn for w in self._workers], timeout)
+                if self._wake_r in ready:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    if not self._drain_inbox():
+                        return
+                for w in list(self._workers):
+                    if w.conn in ready:
+                        self._read_worker(w)
+                self._enforce_deadlines()
+        finally:
+            for w in self._workers:
+                try:
+                    w.conn.send(("exit",))
+                except OSError:
+                    pass
+            for w in self._workers:
+                try:
+                    w.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    w.proc.wait()
+                w.close()
+            self._workers.clear()
+
+    def _drain_inbox(self) -> bool:
+        while self._inbox:
+            message = self._inbox.popleft()
+            kind = message[0]
+            if kind == "shutdown":
+                return False
+            if kind == "invoke":
+                if self._broken:
+                    for inv in message[1]:
+                        write_failure_records(inv, protocol.FAIL_WORKER_DIED, self._broken)
+                    self._notify()
+                else:
+                    self._queue.extend(message[1])
+            elif kind == "cancel":
+                self._cancel(message[1], message[2])
+        return True
+
+    def _cancel(self, request_id: str, call_id: str) -> None:
+        for inv in self._queue:
+            if inv.request_id == request_id:
+                inv.cancelled.add(call_id)
+                if inv.cancelled >= set(inv.call_ids):
+                    self._queue.remove(inv)
+                elif "calls" in inv.event:
+                    inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
+                return
+        for w in self._workers:
+            inv = w.current
+            if inv is not None and inv.request_id == request_id:
+                inv.cancelled.add(call_id)
+                if inv.cancelled >= set(inv.call_ids):
+                    w.kill()  # the EOF arrives next; _lost() writes no record for cancelled calls
+                return
+
+    def _fill_pool(self) -> None:
+        while len(self._workers) < self.n_workers and not self._broken:
+            self._workers.append(_Worker(self._log_dir, self.memory_mb, self.function_name))
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if not self._queue:
+                return
+            if w.ready and w.current is None:
+                inv = self._queue.popleft()
+                w.current, w.started = inv, time.monotonic()
+                try:
+                    w.conn.send(("invoke", inv.request_id, inv.event, inv.timeout))
+                except OSError:
+                    pass  # the worker is dying; its EOF will be read and the call recorded
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [w.started + w.current.timeout for w in self._workers if w.current is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _read_worker(self, w: _Worker) -> None:
+        try:
+            while w.conn.poll():
+                message = w.conn.recv()
+                if message[0] == "ready":
+                    w.ready = True
+                    self._startup_failures = 0
+                elif message[0] == "done":
+                    w.current = None
+                    self._notify()
+        except (EOFError, OSError):
+            self._lost(w, None)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            inv = w.current
+            if inv is not None and now >= w.started + inv.timeout:
+                w.kill()
+                self._lost(w, f"ran past its timeout of {inv.timeout:g} s and its worker was killed", protocol.FAIL_TIMEOUT)
+
+    def _lost(self, w: _Worker, message: str | None, kind: str = protocol.FAIL_WORKER_DIED) -> None:
+        """A worker is gone (died or killed): record its invocation's calls and replace it."""
+        self._workers.remove(w)
+        code = w.proc.wait()
+        w.close()
+        inv = w.current
+        if message is None:
+            message = f"the worker process running this call {describe_exit(code)}"
+            tail = w.log_tail()
+            if tail:
+                message += f"; the end of its output:\n{tail}"
+        if not w.ready:
+            self._startup_failures += 1
+            if self._startup_failures >= _STARTUP_FAILURES_ALLOWED:
+                self._broken = (
+                    f"local worker processes cannot start (the last one {describe_exit(code)}). "
+                    "Check that dask-wren is installed in this Python environment "
+                    f"({sys.executable}), e.g. `pip install dask-wren`; worker output:\n{w.log_tail()}"
+                )
+                for pending in list(self._queue) + ([inv] if inv else []):
+                    write_failure_records(pending, protocol.FAIL_WORKER_DIED, self._broken)
+                self._queue.clear()
+                self._notify()
+                return
+        if inv is not None:
+            if kind == protocol.FAIL_TIMEOUT:
+                message = f"the call {message}"
+            write_failure_records(inv, kind, message)
+            self._notify()
+
+
+_shared: dict[tuple, LocalBackend] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_local_backend(workers: int | None, memory_mb: int) -> LocalBackend:
+    """One warm pool per configuration for the whole process, like one Lambda function."""
+    key = (workers or os.cpu_count() or 1, memory_mb)
+    with _shared_lock:
+        backend = _shared.get(key)
+        if backend is None or backend._closed:
+            backend = _shared[key] = LocalBackend(*key)
+            backend.start()
+        return backend
+
+
+@atexit.register
+def _shutdown_shared() -> None:
+    for backend in list(_shared.values()):
+        backend.shutdown()

@@ -1,0 +1,108 @@
+"""Configuration: dask.config under ``wren.*``, read once into a small typed ``Settings``.
+
+Defaults ship in ``wren.yaml``; users override them in ``~/.config/dask/*.yaml``, with
+``DASK_WREN__LOCAL__WORKERS=4``-style environment variables, with ``dask.config.set``, or with
+keyword arguments to ``default_executor``.  Only ``Settings`` travels past this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+import yaml
+
+_DEFAULTS = os.path.join(os.path.dirname(__file__), "wren.yaml")
+with open(_DEFAULTS) as _f:
+    dask.config.update_defaults(yaml.safe_load(_f))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an executor needs, flat.  Field ``x`` comes from the config key in ``_KEYS``."""
+
+    backend: str = "local"
+    timeout: float = 300.0
+    map_item_limit: int = 100_000
+    chunksize: int = 1
+    output_tail: int = 4096
+    result_inline_limit: int = 1 << 20
+    poll_interval: float = 0.05
+    cleanup: bool = True
+    storage: str = "local"
+    prefix: str = "dask-wren"
+    storage_dir: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    workers: int | None = None
+    memory_mb: int = 2048
+    function_name: str = "dask-wren"
+    aws_region: str | None = None
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> Settings:
+        """Read ``wren.*`` from dask.config, then apply keyword overrides (field names)."""
+        unknown = set(overrides) - set(_KEYS)
+        if unknown:
+            raise TypeError(
+                f"unknown dask-wren setting(s) {sorted(unknown)}; valid ones: {sorted(_KEYS)}"
+            )
+        values = {name: dask.config.get(key) for name, key in _KEYS.items()}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.backend not in ("local", "aws"):
+            raise ValueError(f"wren.backend must be 'local' or 'aws', not {self.backend!r}")
+        if self.storage not in ("local", "s3"):
+            raise ValueError(f"wren.storage.kind must be 'local' or 's3', not {self.storage!r}")
+        if self.storage == "s3" and not self.bucket:
+            raise ValueError("S3 storage needs a bucket: set wren.storage.bucket (or bucket=...)")
+        if not self.timeout or self.timeout <= 0:
+            raise ValueError(f"wren.timeout must be a positive number of seconds, not {self.timeout!r}")
+        if self.chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {self.chunksize!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"wren.local.workers must be at least 1, not {self.workers!r}")
+
+
+_KEYS = {
+    "backend": "wren.backend",
+    "timeout": "wren.timeout",
+    "map_item_limit": "wren.map-item-limit",
+    "chunksize": "wren.chunksize",
+    "output_tail": "wren.output-tail",
+    "result_inline_limit": "wren.result-inline-limit",
+    "poll_interval": "wren.poll-interval",
+    "cleanup": "wren.cleanup",
+    "storage": "wren.storage.kind",
+    "prefix": "wren.storage.prefix",
+    "storage_dir": "wren.storage.local-dir",
+    "bucket": "wren.storage.bucket",
+    "region": "wren.storage.region",
+    "endpoint_url": "wren.storage.endpoint-url",
+    "workers": "wren.local.workers",
+    "memory_mb": "wren.local.memory-mb",
+    "function_name": "wren.aws.function-name",
+    "aws_region": "wren.aws.region",
+}
+
+
+def make_storage(settings: Settings):
+    """The store the settings describe."""
+    if settings.storage == "s3":
+        from dask_wren.storage.s3 import S3Storage
+
+        return S3Storage(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url)
+    from dask_wren.storage.local import LocalStorage
+
+    return LocalStorage(settings.storage_dir)

@@ -1,0 +1,288 @@
+"""The executor: PyWren's ``map`` / ``call_async`` / ``reduce`` over a backend and a store.
+
+A map is one *job*: the function is pickled once (``func.pkl``), every argument goes into one
+object (``args.pkl``) that each call reads by byte range, and calls are grouped ``chunksize`` at
+a time into invocations of the worker handler.  The monitor resolves the futures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from dask_wren import protocol, serialize
+from dask_wren.backends import Backend, Invocation, make_backend
+from dask_wren.config import Settings, make_storage
+from dask_wren.futures import ALL_COMPLETED, WrenFuture, get_all_results, wait
+from dask_wren.monitor import Monitor
+from dask_wren.shipping import pickle_payload
+from dask_wren.storage import Storage
+
+#: An event larger than this keeps its call list in storage (Lambda's async limit is 256 KiB).
+MAX_EVENT_BYTES = 200 * 1024
+
+
+class Executor:
+    """Runs Python functions on a backend's workers, passing data through object storage.
+
+    Use as a context manager, or call ``shutdown()``: either deletes the executor's objects from
+    storage (unless ``cleanup`` is off) after waiting for its calls.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, settings: Settings | None = None, *, storage: Storage | None = None, backend: Backend | None = None):
+        self.settings = settings or Settings.from_config()
+        self.storage = storage if storage is not None else make_storage(self.settings)
+        self.backend = backend if backend is not None else make_backend(self.settings)
+        self.executor_id = f"{uuid.uuid4().hex[:8]}"
+        self._job_counter = itertools.count()
+        self._jobs: list[str] = []
+        self._futures: list[WrenFuture] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.monitor = Monitor(self.storage, self.settings.poll_interval, self.settings.result_inline_limit)
+        self._listener = self.monitor.wake
+        self.backend.add_progress_listener(self._listener)
+        self._host_versions = serialize.runtime_versions()
+        self._finalizer = weakref.finalize(self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup)
+
+    def __repr__(self) -> str:
+        return f"<dask_wren.Executor {self.executor_id} backend={self.settings.backend} storage={self.storage!r}>"
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def call_async(self, func: Callable, data: Any, extra_env: dict[str, str] | None = None, timeout: float | None = None) -> WrenFuture:
+        """Run ``func(data)`` once on a worker."""
+        return self.map(func, [data], extra_env=extra_env, timeout=timeout)[0]
+
+    def map(
+        self,
+        func: Callable,
+        iterdata: Iterable[Any],
+        extra_env: dict[str, str] | None = None,
+        include_modules: Sequence[str] | None = None,
+        exclude_modules: Sequence[str] | None = None,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> list[WrenFuture]:
+        """Run ``func(item)`` for every item, each call on a worker; one future per item.
+
+        ``extra_env``: environment variables set during each call.  ``include_modules`` /
+        ``exclude_modules``: module names to ship by value / never ship (modules the worker
+        cannot import are shipped automatically).  ``chunksize``: calls per invocation.
+        ``timeout``: seconds per invocation before it is stopped.
+        """
+        if not callable(func):
+            raise TypeError(f"map() needs a callable, not {type(func).__name__}")
+        items = list(iterdata)
+        limit = self.settings.map_item_limit
+        if len(items) > limit:
+            raise ValueError(
+                f"map() of {len(items):,} items exceeds wren.map-item-limit ({limit:,}); "
+                "batch the items (chunksize= or fewer, larger items) or raise the limit"
+            )
+        return self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout)
+
+    def reduce(self, func: Callable, futures: Sequence[WrenFuture], extra_env: dict[str, str] | None = None, timeout: float | None = None) -> WrenFuture:
+        """Run ``func(list_of_results)`` on a worker once all ``futures`` have succeeded.
+
+        The worker reads the inputs straight from storage; they do not pass through the host.
+        If an input fails, the returned future fails with that input's exception.
+        """
+        futures = list(futures)
+        job_id = self._new_job_id()
+        out = self._make_future(job_id, protocol.call_id_for(0))
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def launch() -> None:
+            if out.done():
+                return
+            for f in futures:
+                if f.cancelled() or f.exception() is not None:
+                    err = f.exception() if not f.cancelled() else RuntimeError(f"input {f!r} of reduce() was cancelled")
+                    try:
+                        out.set_exception(err)
+                    except Exception:
+                        pass
+                    return
+            spec = self.storage.spec()
+            arg = [protocol.StorageRef(f.key) if f.storage.spec() == spec else f.result() for f in futures]
+            try:
+                self._submit(func, [arg], extra_env, (), (), 1, timeout, job_id=job_id, futures=[out])
+            except BaseException as e:
+                if not out.done():
+                    out.set_exception(e)
+
+        def one_done(_: Any) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                # Off the monitor thread: submitting pickles and writes to storage.
+                threading.Thread(target=launch, name="dask-wren-reduce", daemon=True).start()
+
+        if not futures:
+            launch()
+        for f in futures:
+            f.add_done_callback(one_done)
+        return out
+
+    def map_reduce(self, map_func: Callable, iterdata: Iterable[Any], reduce_func: Callable, extra_env: dict[str, str] | None = None, chunksize: int | None = None, timeout: float | None = None) -> WrenFuture:
+        """``reduce(reduce_func, map(map_func, iterdata))``: one future for the reduced value."""
+        mapped = self.map(map_func, iterdata, extra_env=extra_env, chunksize=chunksize, timeout=timeout)
+        return self.reduce(reduce_func, mapped, extra_env=extra_env, timeout=timeout)
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait(self, futures: Iterable[WrenFuture] | None = None, return_when: str = ALL_COMPLETED, timeout: float | None = None):
+        """``dask_wren.wait`` over ``futures`` (default: every future of this executor)."""
+        return wait(self._futures if futures is None else futures, return_when, timeout)
+
+    def get_result(self, futures: Iterable[WrenFuture] | None = None, timeout: float | None = None) -> list[Any]:
+        """Results in order (default: every future of this executor); the first error raises."""
+        return get_all_results(self._futures if futures is None else futures, timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop using this executor; by default wait for its calls, then clean its storage."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if cancel_futures:
+            for f in self._futures:
+                f.cancel()
+        if wait:
+            self.wait(self._futures)
+        self.backend.remove_progress_listener(self._listener)
+        self.monitor.stop()
+        self._finalizer()
+
+    def clean(self) -> None:
+        """Delete every object this executor has stored so far."""
+        _cleanup(self.storage, self.settings.prefix, self._jobs, True)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _new_job_id(self) -> str:
+        if self._closed:
+            raise RuntimeError("this executor has been shut down; create a new one")
+        job_id = f"{self.executor_id}-{next(self._job_counter):04d}"
+        with self._lock:
+            self._jobs.append(job_id)
+        return job_id
+
+    def _make_future(self, job_id: str, call_id: str) -> WrenFuture:
+        f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
+        f._on_cancel = self._cancel
+        with self._lock:
+            self._futures.append(f)
+        return f
+
+    def _cancel(self, future: WrenFuture) -> None:
+        self.monitor.forget(future.job_id, future.call_id)
+        request_id = future.stats.get("request_id_sent")
+        if request_id is not None:
+            self.backend.cancel(request_id, future.call_id)
+
+    def _submit(self, func, items, extra_env, include_modules, exclude_modules, chunksize, timeout, *, job_id=None, futures=None) -> list[WrenFuture]:
+        submitted = time.time()
+        chunksize = chunksize or self.settings.chunksize
+        timeout = timeout or self.settings.timeout
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize!r}")
+        env = _check_env(extra_env)
+        payload = pickle_payload(func, items, include_modules, exclude_modules)
+        job_id = job_id or self._new_job_id()
+        prefix = self.settings.prefix
+        call_ids = [protocol.call_id_for(i) for i in range(len(items))]
+        if futures is None:
+            futures = [self._make_future(job_id, c) for c in call_ids]
+        if not items:
+            return futures
+        ranges, offset = [], 0
+        for blob in payload.args:
+            ranges.append((offset, len(blob)))
+            offset += len(blob)
+        self.storage.put(protocol.func_key(prefix, job_id), payload.func)
+        self.storage.put(protocol.args_key(prefix, job_id), b"".join(payload.args))
+        spec = self.storage.spec()
+        invocations = []
+        for n, start in enumerate(range(0, len(items), chunksize)):
+            ids = call_ids[start : start + chunksize]
+            calls = [{"id": c, "range": list(ranges[i])} for i, c in zip(range(start, start + len(ids)), ids)]
+            event = protocol.build_event(
+                prefix=prefix, job_id=job_id, storage=spec, calls=calls, timeout=timeout,
+                extra_env=env, host_versions=self._host_versions,
+                output_tail=self.settings.output_tail, submitted=submitted,
+            )
+            if len(json.dumps(event)) > MAX_EVENT_BYTES:
+                key = protocol.calls_key(prefix, job_id, n)
+                self.storage.put(key, json.dumps(calls).encode())
+                event.pop("calls")
+                event["calls_key"] = key
+            invocations.append(Invocation(f"{job_id}-{n:06d}", event, ids, timeout))
+        for inv in invocations:
+            for c in inv.call_ids:
+                f = futures[int(c)] if len(futures) > 1 else futures[0]
+                f.stats.update(host_submitted=submitted, request_id_sent=inv.request_id,
+                               shipped_modules=payload.shipped, arg_bytes=ranges[int(c)][1])
+        self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
+        self.backend.invoke(invocations)
+        invoked = time.time()
+        for f in futures:
+            f.stats["host_invoked"] = invoked
+        return futures
+
+
+def _check_env(extra_env: dict[str, str] | None) -> dict[str, str]:
+    if not extra_env:
+        return {}
+    if not isinstance(extra_env, dict):
+        raise TypeError(f"extra_env must be a dict of strings, not {type(extra_env).__name__}")
+    bad = [k for k, v in extra_env.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"extra_env keys and values must be strings; offending keys: {bad}")
+    return dict(extra_env)
+
+
+def _cleanup(storage: Storage, prefix: str, jobs: list[str], enabled: bool) -> None:
+    if not enabled:
+        return
+    for job_id in list(jobs):
+        try:
+            storage.delete_prefix(protocol.job_prefix(prefix, job_id))
+        except Exception:
+            pass  # best effort: the bucket lifecycle rule (AWS) or temp cleaner gets the rest
+        jobs.remove(job_id)
+
+
+def default_executor(**overrides: Any) -> Executor:
+    """An executor for the configured backend (``local`` unless configured otherwise).
+
+    Keyword arguments override settings by name, e.g. ``default_executor(workers=4, timeout=60)``.
+    """
+    return Executor(Settings.from_config(**overrides))
+
+
+def local_executor(**overrides: Any) -> Executor:
+    """An executor on the embedded local backend: worker processes on this machine."""
+    return default_executor(**{**overrides, "backend": "local"})
+
+
+def lambda_executor(**overrides: Any) -> Executor:
+    """An executor on AWS Lambda with S3 storage."""
+    return default_executor(**{**overrides, "backend": "aws"})

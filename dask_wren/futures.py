@@ -1,0 +1,257 @@
+"""``WrenFuture``: a ``concurrent.futures.Future`` whose result lives in object storage.
+
+An executor's monitor resolves its futures as result records appear.  A future can be pickled
+and loaded in another process that reaches the same storage; such a *detached* future reads its
+record from storage when asked.  Large results stay in storage until ``result()`` is called.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from dask_wren import errors, protocol, serialize
+from dask_wren.storage import KeyNotFound, Storage, storage_from_spec
+
+ALL_COMPLETED = cf.ALL_COMPLETED
+ANY_COMPLETED = cf.FIRST_COMPLETED
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+ALWAYS = "ALWAYS"
+
+_NOT_LOADED = object()
+_DETACHED_POLL = (0.005, 0.5)  # first and longest pause between storage checks of a detached future
+
+
+class WrenFuture(cf.Future):
+    """The future of one remote call.
+
+    Beyond ``concurrent.futures.Future``: ``succeeded()``/``errored()`` (PyWren), ``stats``
+    (timings and sizes from host and worker; the two clocks differ), ``stdout``/``stderr`` (the
+    tail the worker captured), ``job_id``/``call_id``/``key``.  ``cancel()`` works until the
+    result is in: a queued call never starts and a running one is stopped where the backend can.
+    """
+
+    def __init__(self, storage: Storage, key: str, job_id: str, call_id: str):
+        super().__init__()
+        self.storage = storage
+        self.key = key
+        self.job_id = job_id
+        self.call_id = call_id
+        self.stats: dict[str, Any] = {}
+        self.header: dict[str, Any] | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self._value: Any = _NOT_LOADED
+        self._load_lock = threading.Lock()
+        self._on_cancel: Callable[[WrenFuture], None] | None = None
+        self._detached = False
+
+    def __repr__(self) -> str:
+        return f"<WrenFuture {self.job_id}/{self.call_id} {self._state.lower()}>"
+
+    # -- resolution (the monitor, or a detached future itself) -------------------------------
+
+    def _resolve(self, record: bytes, size: int | None = None) -> None:
+        """Resolve from a result record: the whole object, or just its header when ``size`` says
+        the payload was left in storage."""
+        header, start = protocol.decode_header(record)
+        self.header = header
+        self.stdout = header.get("stdout", "")
+        self.stderr = header.get("stderr", "")
+        self.stats.update({k: v for k, v in header.get("timings", {}).items()})
+        self.stats["host_result_seen"] = time.time()
+        for k in ("result_bytes", "storage_requests", "worker_pid", "request_id"):
+            if k in header:
+                self.stats[k] = header[k]
+        payload = record[start:] if size is None or len(record) >= size else None
+        status = header.get("status")
+        try:
+            if status == protocol.STATUS_OK:
+                if payload is not None:
+                    self._value = serialize.loads(payload)
+                self.set_result(None)
+            else:
+                if payload is None:
+                    payload = self.storage.get(self.key)[start:]
+                self.set_exception(_exception_from(header, payload, self))
+        except cf.InvalidStateError:
+            pass  # cancelled meanwhile, or a duplicate record: the first outcome stands
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._detached:
+            self._await_detached(timeout)
+        super().result(timeout)
+        with self._load_lock:
+            if self._value is _NOT_LOADED:
+                try:
+                    record = self.storage.get(self.key)
+                except KeyNotFound:
+                    raise errors.WrenError(
+                        f"the result of {self.job_id}/{self.call_id} is no longer in storage: "
+                        "its executor cleaned up; call .result() before shutting the executor down"
+                    ) from None
+                _, start = protocol.decode_header(record)
+                self._value = serialize.loads(record[start:])
+            return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._detached:
+            self._await_detached(timeout)
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        if self._detached and not super().done():
+            self._poll_detached()
+        return super().done()
+
+    def succeeded(self) -> bool:
+        return self.done() and not self.cancelled() and self.exception() is None
+
+    def errored(self) -> bool:
+        return self.done() and not self.cancelled() and self.exception() is not None
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        if self._on_cancel is not None:
+            self._on_cancel(self)
+        return True
+
+    # -- detached futures ---------------------------------------------------------------------
+
+    def __reduce__(self):
+        return _rebuild_future, (self.storage.spec(), self.key, self.job_id, self.call_id, dict(self.stats))
+
+    def _poll_detached(self) -> bool:
+        try:
+            record = self.storage.get(self.key)
+        except KeyNotFound:
+            return False
+        self._resolve(record)
+        return True
+
+    def _await_detached(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _DETACHED_POLL[0]
+        while not super().done() and not self._poll_detached():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise cf.TimeoutError(f"no result for {self.job_id}/{self.call_id} within {timeout} s")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, _DETACHED_POLL[1])
+
+
+def _rebuild_future(spec: dict[str, Any], key: str, job_id: str, call_id: str, stats: dict) -> WrenFuture:
+    f = WrenFuture(storage_from_spec(spec), key, job_id, call_id)
+    f.stats.update(stats)
+    f._detached = True
+    return f
+
+
+def _exception_from(header: dict[str, Any], payload: bytes, future: WrenFuture) -> BaseException:
+    """The exception a failed call raises on the host: the original one where possible."""
+    error = header.get("error") or {}
+    where = f"dask-wren call {future.job_id}/{future.call_id}"
+    if header.get("worker_pid"):
+        where += f" (worker pid {header['worker_pid']})"
+    exc: BaseException | None = None
+    if payload:
+        try:
+            exc = serialize.loads_exception(payload)
+        except Exception:
+            exc = None
+    kind = error.get("kind")
+    if exc is not None:
+        if header.get("status") == protocol.STATUS_FAILED:
+            _note(exc, f"{error.get('message', 'the call failed')} [{where}]")
+        else:
+            _note(exc, f"raised remotely in {where}")
+        return exc
+    if kind == "exception":
+        return errors.RemoteError(error.get("type", "Exception"), error.get("message", ""), error.get("traceback", ""))
+    message = f"{where}: {error.get('message', 'the call failed')}"
+    if kind == protocol.FAIL_TIMEOUT:
+        return errors.WrenTimeoutError(message + "; pass a larger timeout= or split the work")
+    if kind == protocol.FAIL_WORKER_DIED:
+        return errors.WorkerDiedError(message)
+    if kind == protocol.FAIL_VERSION:
+        return errors.VersionMismatchError(message)
+    if error.get("traceback"):
+        message += f"\n\nRemote traceback:\n{error['traceback'].rstrip()}"
+    return errors.WrenError(message)
+
+
+def _note(exc: BaseException, text: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+
+
+# -- waiting on many futures ----------------------------------------------------------------
+
+
+def wait(
+    futures: Iterable[cf.Future],
+    return_when: str = ALL_COMPLETED,
+    timeout: float | None = None,
+) -> tuple[list[cf.Future], list[cf.Future]]:
+    """Wait for futures (of any executors); return ``(done, not_done)`` in input order.
+
+    ``return_when``: ``ALL_COMPLETED`` (default), ``ANY_COMPLETED`` (also ``FIRST_COMPLETED``),
+    or ``ALWAYS`` to return at once with the current state.
+    """
+    futures = list(futures)
+    if return_when not in (ALL_COMPLETED, ANY_COMPLETED, ALWAYS):
+        raise ValueError(f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, not {return_when!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = _DETACHED_POLL[0]
+    while True:
+        done = [f for f in futures if f.done()]
+        if (
+            return_when == ALWAYS
+            or len(done) == len(futures)
+            or (return_when == ANY_COMPLETED and done)
+        ):
+            break
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        pending = [f for f in futures if not f.done()]
+        attached = [f for f in pending if not getattr(f, "_detached", False)]
+        polled = len(attached) < len(pending)
+        slice_ = min(pause, left) if polled and left is not None else (pause if polled else left)
+        if attached:
+            cf.wait(attached, timeout=slice_, return_when=return_when)
+        else:
+            time.sleep(slice_)
+        if polled:
+            pause = min(pause * 2, _DETACHED_POLL[1])
+    done_ids = {id(f) for f in done}
+    return done, [f for f in futures if id(f) not in done_ids]
+
+
+def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+    """Yield futures as they finish (of any executors, attached or detached)."""
+    futures = list(futures)
+    if not any(getattr(f, "_detached", False) for f in futures):
+        yield from cf.as_completed(futures, timeout=timeout)
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    remaining = futures
+    while remaining:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise cf.TimeoutError(f"{len(remaining)} of {len(futures)} futures unfinished")
+        done, remaining = wait(remaining, ANY_COMPLETED, left)
+        yield from done
+
+
+def get_all_results(futures: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
+    """Wait for all futures and return their results in order; the first error is raised."""
+    futures = list(futures)
+    _, not_done = wait(futures, ALL_COMPLETED, timeout)
+    if not_done:
+        raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} futures unfinished after {timeout} s")
+    return [f.result() for f in futures]

@@ -1,0 +1,99 @@
+"""The monitor: discovers finished calls by listing result prefixes and resolves their futures.
+
+One background thread per executor.  Each round lists the result prefix of every job that still
+has unresolved futures (one LIST finds many results) and fetches each new record once: the whole
+record when it is small, only its header when the payload should stay in storage.  Backends hint
+when results may have appeared, so the local backend is not slowed to the polling interval.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from dask_wren import protocol
+from dask_wren.futures import WrenFuture
+from dask_wren.storage import Storage
+
+
+@dataclass
+class _Watched:
+    prefix: str
+    futures: dict[str, WrenFuture]  # call_id -> future, unresolved only
+    seen: set[str] = field(default_factory=set)
+
+
+class Monitor:
+    def __init__(self, storage: Storage, poll_interval: float, inline_limit: int):
+        self.storage = storage
+        self.poll_interval = poll_interval
+        self.inline_limit = inline_limit
+        self._jobs: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def watch(self, results_prefix: str, job_id: str, futures: dict[str, WrenFuture]) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                self._jobs[job_id] = _Watched(results_prefix, dict(futures))
+            else:
+                job.futures.update(futures)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dask-wren-monitor", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def forget(self, job_id: str, call_id: str) -> None:
+        """Stop watching one call (it was cancelled)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.futures.pop(call_id, None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+            with self._lock:
+                jobs = [(job_id, job) for job_id, job in self._jobs.items()]
+            for job_id, job in jobs:
+                self._scan(job_id, job)
+
+    def _scan(self, job_id: str, job: _Watched) -> None:
+        found = []
+        try:
+            for key, size in self.storage.list(job.prefix):
+                call_id = key.rsplit("/", 1)[-1]
+                if call_id not in job.seen:
+                    found.append((key, call_id, size))
+        except Exception:  # a passing storage error; the next round lists again
+            return
+        for key, call_id, size in found:
+            with self._lock:
+                future = job.futures.pop(call_id, None)
+            job.seen.add(call_id)
+            if future is None:
+                continue
+            try:
+                if size <= self.inline_limit:
+                    future._resolve(self.storage.get(key))
+                else:
+                    future._resolve(self.storage.get_range(key, 0, protocol.HEADER_PROBE_BYTES), size)
+            except Exception as e:  # an unreadable record must not leave the future hanging
+                if not future.done():
+                    future.set_exception(e)
+        with self._lock:
+            if not job.futures and self._jobs.get(job_id) is job:
+                del self._jobs[job_id]

@@ -1,0 +1,141 @@
+"""The wire protocol: the one place where host and worker agree.
+
+Everything that crosses between the host and a worker is defined here: the storage key layout,
+the invocation event (plain JSON, versioned) and the result record (a length-prefixed JSON header
+followed by the pickled value).  The worker imports this module, so it must stay free of host code.
+
+Key layout under ``{prefix}/{job_id}/``::
+
+    func.pkl      the cloudpickled function, written once per job
+    args.pkl      every call's pickled argument, concatenated; each call reads its byte range
+    calls.json    the call list, when it would make the event too large
+    r/{call_id}   one result record per call
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+#: Result statuses.  ``ok``: the function returned.  ``error``: the function raised.
+#: ``failed``: the call could not run to the end (setup error, dead worker, timeout, ...).
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUS_FAILED = "failed"
+
+#: Failure kinds carried in ``header["error"]["kind"]`` for ``failed`` records.
+FAIL_SETUP = "setup"  # function or arguments could not be loaded on the worker
+FAIL_RESULT = "result"  # the return value could not be pickled or stored
+FAIL_WORKER_DIED = "worker_died"
+FAIL_TIMEOUT = "timeout"
+FAIL_VERSION = "version"
+
+_MAGIC = b"WREN"
+_LEN = struct.Struct(">I")
+#: How many bytes a reader fetches first when it only wants the header.
+HEADER_PROBE_BYTES = 64 * 1024
+
+
+def job_prefix(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/"
+
+
+def func_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/func.pkl"
+
+
+def args_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/args.pkl"
+
+
+def calls_key(prefix: str, job_id: str, invocation: int) -> str:
+    return f"{prefix}/{job_id}/calls/{invocation:06d}.json"
+
+
+def results_prefix(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/r/"
+
+
+def result_key(prefix: str, job_id: str, call_id: str) -> str:
+    return f"{prefix}/{job_id}/r/{call_id}"
+
+
+def call_id_for(index: int) -> str:
+    """Call ids sort in submission order and are stable, so a retried call writes the same key."""
+    return f"{index:06d}"
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A placeholder in a call's argument for a value that already lives in storage.
+
+    The worker replaces it with the value read from ``key``.  When ``result_record`` is true the
+    object is a result record and the value is its payload; a failed record raises on the worker.
+    """
+
+    key: str
+    result_record: bool = True
+
+
+def encode_result(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """Serialize one result record: magic, header length, JSON header, pickled payload."""
+    head = json.dumps(header, separators=(",", ":"), default=str).encode()
+    return b"".join((_MAGIC, _LEN.pack(len(head)), head, payload))
+
+
+def header_length(blob: bytes) -> int:
+    """Total bytes up to the end of the header (magic + length + JSON); needs the first 8 bytes."""
+    if blob[:4] != _MAGIC:
+        raise ValueError("not a dask-wren result record (bad magic bytes)")
+    (n,) = _LEN.unpack_from(blob, 4)
+    return 8 + n
+
+
+def decode_header(blob: bytes) -> tuple[dict[str, Any], int]:
+    """Return the header and the offset where the payload starts."""
+    end = header_length(blob)
+    if len(blob) < end:
+        raise ValueError("truncated result record header")
+    return json.loads(blob[8:end]), end
+
+
+def build_event(
+    *,
+    prefix: str,
+    job_id: str,
+    storage: dict[str, Any],
+    calls: list[dict[str, Any]] | None = None,
+    calls_key: str | None = None,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+    host_versions: dict[str, str] | None = None,
+    output_tail: int = 4096,
+    submitted: float | None = None,
+) -> dict[str, Any]:
+    """One invocation's event.  ``calls`` items: ``{"id": call_id, "range": [offset, length]}``.
+
+    ``calls`` travels inline unless the event would grow too large; then it is stored under
+    ``calls_key`` and the worker reads it from there.
+    """
+    if (calls is None) == (calls_key is None):
+        raise ValueError("give exactly one of calls or calls_key")
+    event: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "prefix": prefix,
+        "job_id": job_id,
+        "storage": storage,
+        "timeout": timeout,
+        "extra_env": extra_env or {},
+        "host_versions": host_versions or {},
+        "output_tail": output_tail,
+        "submitted": submitted,
+    }
+    if calls is not None:
+        event["calls"] = calls
+    else:
+        event["calls_key"] = calls_key
+    return event

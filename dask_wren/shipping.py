@@ -1,0 +1,163 @@
+"""Decide which modules travel with a pickled function, and pickle it that way (host side).
+
+A worker imports only installed packages: it does not see the host's working directory, its
+``sys.path`` additions, a notebook or a ``python -c`` session.  cloudpickle already pickles
+``__main__`` by value; any other module the function or its arguments refer to that a clean
+interpreter could not import (the user's own ``analysis.py``) is registered with cloudpickle
+to be pickled by value too.  Installed packages stay references.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from dask_wren.errors import SerializationError
+from dask_wren.serialize import PROTOCOL
+
+_register_lock = threading.Lock()
+
+
+class _ModuleRecorder(cloudpickle.Pickler):
+    """A cloudpickle pickler that notes the module of every function, class and module it meets."""
+
+    def __init__(self, file: io.BytesIO, modules: set[str]):
+        super().__init__(file, protocol=PROTOCOL)
+        self._modules = modules
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType):
+            self._modules.add(obj.__name__)
+        elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            mod = getattr(obj, "__module__", None)
+            if isinstance(mod, str):
+                self._modules.add(mod)
+        return super().reducer_override(obj)
+
+
+def _dump(obj: Any, modules: set[str]) -> bytes:
+    buf = io.BytesIO()
+    _ModuleRecorder(buf, modules).dump(obj)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def clean_sys_path() -> tuple[str, ...]:
+    """``sys.path`` of a fresh interpreter of this Python started in an empty directory."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    with tempfile.TemporaryDirectory() as empty:
+        out = subprocess.run(
+            [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+            cwd=empty, env=env, capture_output=True, text=True, check=True,
+        ).stdout
+    return tuple(json.loads(out))
+
+
+@functools.lru_cache(maxsize=4096)
+def _installed(top: str, origin: str | None) -> bool:
+    """Whether a clean interpreter imports the top-level package ``top`` from the same place."""
+    if top in sys.builtin_module_names or top == "__main__":
+        return top != "__main__"
+    spec = importlib.machinery.PathFinder.find_spec(top, list(clean_sys_path()))
+    if spec is None:
+        # Editable installs and other meta-path finders are set up by .pth files, so a clean
+        # interpreter has them too: ask every finder that is not the plain path finder.
+        for finder in sys.meta_path:
+            if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+                continue
+            try:
+                spec = finder.find_spec(top, None)
+            except Exception:
+                spec = None
+            if spec is not None:
+                break
+    if spec is None:
+        return False
+    if origin is None or spec.origin in (None, "built-in", "frozen"):
+        return True
+    found = os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+    return os.path.realpath(origin).startswith(os.path.realpath(found))
+
+
+def needs_shipping(name: str) -> bool:
+    """Whether the worker cannot import module ``name`` and must receive it by value."""
+    mod = sys.modules.get(name)
+    if mod is None or name == "__main__":
+        return False  # __main__ is pickled by value by cloudpickle itself
+    top = name.partition(".")[0]
+    top_mod = sys.modules.get(top, mod)
+    origin = getattr(top_mod, "__file__", None)
+    return not _installed(top, origin)
+
+
+class PickledPayload:
+    """A function and its arguments pickled consistently, with the modules shipped by value."""
+
+    def __init__(self, func: bytes, args: list[bytes], shipped: list[str]):
+        self.func = func
+        self.args = args
+        self.shipped = shipped
+
+
+def pickle_payload(
+    func: Any,
+    args: Sequence[Any],
+    include_modules: Iterable[str] = (),
+    exclude_modules: Iterable[str] = (),
+) -> PickledPayload:
+    """Pickle ``func`` and each argument, shipping by value every module the worker lacks.
+
+    Raises SerializationError naming the object that failed, before anything is stored.
+    """
+    exclude = set(exclude_modules)
+    ship = {m for m in include_modules if m not in exclude}
+    for m in ship:
+        if m not in sys.modules:
+            raise ValueError(f"include_modules names {m!r}, which is not imported in this process")
+    while True:
+        seen: set[str] = set()
+        with _register_lock:
+            registered = []
+            try:
+                for m in sorted(ship):
+                    cloudpickle.register_pickle_by_value(sys.modules[m])
+                    registered.append(m)
+                func_bytes = _dump_named(func, seen, _describe_func(func))
+                arg_bytes = [_dump_named(a, seen, f"argument {i} ({type(a).__name__})") for i, a in enumerate(args)]
+            finally:
+                for m in registered:
+                    cloudpickle.unregister_pickle_by_value(sys.modules[m])
+        tops = {m.partition(".")[0] for m in seen if m}
+        new = {t for t in tops if t not in ship and t not in exclude and t in sys.modules and needs_shipping(t)}
+        if not new:
+            return PickledPayload(func_bytes, arg_bytes, sorted(ship))
+        ship |= new
+
+
+def _describe_func(func: Any) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return f"function {name!r}"
+
+
+def _dump_named(obj: Any, seen: set[str], what: str) -> bytes:
+    try:
+        return _dump(obj, seen)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as e:
+        raise SerializationError(
+            f"cannot serialize the {what}: {type(e).__name__}: {e}. Everything sent to a worker "
+            "must be picklable by cloudpickle: create locks, open files, sockets and clients "
+            "inside the function instead of capturing them."
+        ) from e
