@@ -39,13 +39,24 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from dask_wren.config import Settings
     from dask_wren.errors import (
-        BackendError, RemoteError, SerializationError, VersionMismatchError, WorkerDiedError,
-        WrenError, WrenTimeoutError,
+        BackendError,
+        RemoteError,
+        SerializationError,
+        VersionMismatchError,
+        WorkerDiedError,
+        WrenError,
+        WrenTimeoutError,
     )
     from dask_wren.executor import Executor, default_executor, lambda_executor, local_executor
     from dask_wren.futures import (
-        ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FIRST_COMPLETED, WrenFuture, as_completed,
-        get_all_results, wait,
+        ALL_COMPLETED,
+        ALWAYS,
+        ANY_COMPLETED,
+        FIRST_COMPLETED,
+        WrenFuture,
+        as_completed,
+        get_all_results,
+        wait,
     )
 
 

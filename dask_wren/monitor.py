@@ -9,11 +9,15 @@ when results may have appeared, so the local backend is not slowed to the pollin
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from dask_wren import protocol
 from dask_wren.futures import WrenFuture
 from dask_wren.storage import Storage
+
+_MIN_ROUND_GAP = 0.002
+_ROUND_COST_FACTOR = 4
 
 
 @dataclass
@@ -66,10 +70,15 @@ class Monitor:
         while not self._stopped:
             self._wake.wait(self.poll_interval)
             self._wake.clear()
+            began = time.monotonic()
             with self._lock:
                 jobs = [(job_id, job) for job_id, job in self._jobs.items()]
             for job_id, job in jobs:
                 self._scan(job_id, job)
+            # Hints can arrive per finished call; listing a large prefix that often would take the
+            # host's time from dispatching.  Space rounds by a few times the last round's cost.
+            gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
+            time.sleep(min(gap, self.poll_interval))
 
     def _scan(self, job_id: str, job: _Watched) -> None:
         found = []

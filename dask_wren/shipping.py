@@ -54,7 +54,7 @@ def _dump(obj: Any, modules: set[str]) -> bytes:
     return buf.getvalue()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clean_sys_path() -> tuple[str, ...]:
     """``sys.path`` of a fresh interpreter of this Python started in an empty directory."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
