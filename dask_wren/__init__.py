@@ -34,7 +34,28 @@ _EXPORTS = {
     "BackendError": "dask_wren.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ALL_COMPLETED",
+    "ALWAYS",
+    "ANY_COMPLETED",
+    "BackendError",
+    "Executor",
+    "FIRST_COMPLETED",
+    "RemoteError",
+    "SerializationError",
+    "Settings",
+    "VersionMismatchError",
+    "WorkerDiedError",
+    "WrenError",
+    "WrenFuture",
+    "WrenTimeoutError",
+    "as_completed",
+    "default_executor",
+    "get_all_results",
+    "lambda_executor",
+    "local_executor",
+    "wait",
+]
 
 if TYPE_CHECKING:
     from dask_wren.config import Settings

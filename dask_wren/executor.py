@@ -223,7 +223,7 @@ class Executor:
         invocations = []
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]
-            calls = [{"id": c, "range": list(ranges[i])} for i, c in zip(range(start, start + len(ids)), ids)]
+            calls = [{"id": c, "range": list(ranges[i])} for i, c in enumerate(ids, start)]
             event = protocol.build_event(
                 prefix=prefix, job_id=job_id, storage=spec, calls=calls, timeout=timeout,
                 extra_env=env, host_versions=self._host_versions,

@@ -29,7 +29,7 @@ def loads(data: bytes) -> Any:
 def runtime_versions() -> dict[str, str]:
     """What must match between host and worker for pickles to cross: Python minor, cloudpickle."""
     return {
-        "python": "%d.%d" % sys.version_info[:2],
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "python_full": platform.python_version(),
         "cloudpickle": cloudpickle.__version__,
     }

@@ -33,7 +33,7 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
     version = event.get("v")
     storage = storage_from_spec(event["storage"])
-    prefix, job_id = event["prefix"], event["job_id"]
+    job_id = event["job_id"]
     calls = event.get("calls")
     requests = 0
     if calls is None:
