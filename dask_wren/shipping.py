@@ -54,29 +54,47 @@ def _dump(obj: Any, modules: set[str]) -> bytes:
     return buf.getvalue()
 
 
+_PROBE = """
+import json, sys
+kinds = [f if isinstance(f, type) else type(f) for f in sys.meta_path]
+finders = [k.__module__ + "." + k.__qualname__ for k in kinds]
+print(json.dumps({"path": sys.path[1:], "finders": finders}))
+"""
+
+
 @functools.cache
-def clean_sys_path() -> tuple[str, ...]:
-    """``sys.path`` of a fresh interpreter of this Python started in an empty directory."""
+def clean_interpreter() -> tuple[tuple[str, ...], frozenset[str]]:
+    """``sys.path`` and meta-path finder types of a fresh interpreter started in an empty directory.
+
+    Finders matter because editable installs are found by a finder that a ``.pth`` file sets up,
+    while finders that only this process added (pytest's, an IDE's) must not count.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     with tempfile.TemporaryDirectory() as empty:
         out = subprocess.run(
-            [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
-            cwd=empty, env=env, capture_output=True, text=True, check=True,
+            [sys.executable, "-c", _PROBE], cwd=empty, env=env, capture_output=True, text=True, check=True
         ).stdout
-    return tuple(json.loads(out))
+    found = json.loads(out)
+    return tuple(found["path"]), frozenset(found["finders"])
+
+
+def _finder_name(finder: Any) -> str:
+    cls = finder if isinstance(finder, type) else type(finder)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @functools.lru_cache(maxsize=4096)
 def _installed(top: str, origin: str | None) -> bool:
     """Whether a clean interpreter imports the top-level package ``top`` from the same place."""
-    if top in sys.builtin_module_names or top == "__main__":
-        return top != "__main__"
-    spec = importlib.machinery.PathFinder.find_spec(top, list(clean_sys_path()))
+    if top == "__main__":
+        return False
+    if top in sys.builtin_module_names:
+        return True
+    path, finders = clean_interpreter()
+    spec = importlib.machinery.PathFinder.find_spec(top, list(path))
     if spec is None:
-        # Editable installs and other meta-path finders are set up by .pth files, so a clean
-        # interpreter has them too: ask every finder that is not the plain path finder.
         for finder in sys.meta_path:
-            if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+            if finder is importlib.machinery.PathFinder or _finder_name(finder) not in finders:
                 continue
             try:
                 spec = finder.find_spec(top, None)
