@@ -16,7 +16,7 @@ from dask_wren import protocol
 from dask_wren.futures import WrenFuture
 from dask_wren.storage import Storage
 
-_MIN_ROUND_GAP = 0.002
+_MIN_ROUND_GAP = 0.01  # seconds; bounds LIST requests when many calls finish at once
 _ROUND_COST_FACTOR = 4
 
 

@@ -22,7 +22,7 @@ from dask_wren.storage import KeyNotFound, Storage, storage_from_spec
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
 PROCESS_START = time.time()
 _state = {"invocations": 0}
-_func_cache: dict[str, Any] = {}
+_func_cache: dict[tuple[str, str], Any] = {}
 _FUNC_CACHE_MAX = 8
 
 
@@ -144,23 +144,26 @@ class _CallRunner:
         return status
 
     def fail(self, kind: str, message: str, exc: BaseException | None = None) -> str:
+        """Record a call that could not run to the end; ``exc`` travels so the host can re-raise it."""
         error = {"kind": kind, "message": message}
+        payload = b""
         if exc is not None:
-            error.update(serialize.describe_exception(exc))
-            error["message"] = f"{message}: {error['message']}" if message else error["message"]
+            error.update(serialize.describe_exception(exc), message=message)
+            payload = serialize.dumps_exception(exc) or b""
         self.header["error"] = error
-        return self._write(protocol.STATUS_FAILED)
+        return self._write(protocol.STATUS_FAILED, payload)
 
     def _load_function(self) -> Any:
         key = protocol.func_key(self.event["prefix"], self.event["job_id"])
-        func = _func_cache.get(key)
+        cache_key = (repr(sorted(self.event["storage"].items())), key)
+        func = _func_cache.get(cache_key)
         if func is None:
             data = self.storage.get(key)
             self.requests += 1
             func = serialize.loads(data)
             if len(_func_cache) >= _FUNC_CACHE_MAX:
                 _func_cache.pop(next(iter(_func_cache)))
-            _func_cache[key] = func
+            _func_cache[cache_key] = func
         return func
 
     def _load_argument(self) -> Any:

@@ -1,0 +1,48 @@
+"""The storage protocol's cost: at most 4 requests per call, host and worker together."""
+
+import collections
+
+from dask_wren.config import Settings
+from dask_wren.executor import Executor
+from dask_wren.storage.local import LocalStorage
+
+
+class CountingStorage:
+    """Wraps a store and counts every request the host makes through it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.counts = collections.Counter()
+
+    def spec(self):
+        return self.inner.spec()
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def counted(*args, **kwargs):
+            self.counts[name] += 1
+            result = method(*args, **kwargs)
+            return list(result) if name == "list" else result
+
+        return counted
+
+
+def inc(x):
+    return x + 1
+
+
+def test_a_thousand_call_map_costs_at_most_four_requests_per_call(tmp_path):
+    storage = CountingStorage(LocalStorage(str(tmp_path)))
+    settings = Settings.from_config(workers=2, storage_dir=str(tmp_path))
+    with Executor(settings, storage=storage) as ex:
+        futures = ex.map(inc, range(1000))
+        assert [f.result() for f in futures] == list(range(1, 1001))
+        host = sum(storage.counts.values())
+        worker = sum(f.stats["storage_requests"] for f in futures)
+    per_call = (host + worker) / 1000
+    detail = f"host {dict(storage.counts)}, worker {worker}"
+    assert storage.counts["put"] == 2, detail  # the function and all arguments: one object each
+    assert storage.counts["get"] == 1000, detail  # one read per result
+    assert worker <= 2 * 1000 + 2 * settings.workers, detail  # range read + result write (+ func per worker)
+    assert per_call <= 4, f"{per_call:.2f} requests per call: {detail}"
