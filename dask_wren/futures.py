@@ -234,7 +234,7 @@ def wait(
 
 def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
     """Yield futures as they finish (of any executors, attached or detached)."""
-    futures = list(futures)
+    futures = list({id(f): f for f in futures}.values())  # each future once, as the stdlib does
     if not any(getattr(f, "_detached", False) for f in futures):
         yield from cf.as_completed(futures, timeout=timeout)
         return

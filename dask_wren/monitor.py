@@ -25,6 +25,12 @@ class _Watched:
     prefix: str
     futures: dict[str, WrenFuture]  # call_id -> future, unresolved only
     seen: set[str] = field(default_factory=set)
+    low: int = 0  # every call id below this one has been seen: list only past it
+
+    def start_after(self) -> str | None:
+        while protocol.call_id_for(self.low) in self.seen:
+            self.low += 1
+        return self.prefix + protocol.call_id_for(self.low - 1) if self.low else None
 
 
 class Monitor:
@@ -80,10 +86,18 @@ class Monitor:
             gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
             time.sleep(min(gap, self.poll_interval))
 
+    def _read_header(self, key: str) -> bytes:
+        """The start of a large record: its whole header and as little payload as possible."""
+        probe = self.storage.get_range(key, 0, min(protocol.HEADER_PROBE_BYTES, self.inline_limit))
+        needed = protocol.header_length(probe)
+        if needed > len(probe):
+            probe = self.storage.get_range(key, 0, needed)
+        return probe
+
     def _scan(self, job_id: str, job: _Watched) -> None:
         found = []
         try:
-            for key, size in self.storage.list(job.prefix):
+            for key, size in self.storage.list(job.prefix, start_after=job.start_after()):
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
@@ -99,7 +113,7 @@ class Monitor:
                 if size <= self.inline_limit:
                     future._resolve(self.storage.get(key))
                 else:
-                    future._resolve(self.storage.get_range(key, 0, protocol.HEADER_PROBE_BYTES), size)
+                    future._resolve(self._read_header(key), size)
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)

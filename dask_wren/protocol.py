@@ -33,6 +33,7 @@ FAIL_RESULT = "result"  # the return value could not be pickled or stored
 FAIL_WORKER_DIED = "worker_died"
 FAIL_TIMEOUT = "timeout"
 FAIL_VERSION = "version"
+FAIL_HANDLER = "handler"  # the handler itself failed, e.g. it could not reach storage
 
 _MAGIC = b"WREN"
 _LEN = struct.Struct(">I")

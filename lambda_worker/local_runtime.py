@@ -2,9 +2,11 @@
 
 Started by the host as ``python -m lambda_worker.local_runtime FD MEMORY_MB NAME`` in an empty
 directory with a clean ``sys.path``, so it sees installed packages only, as Lambda does.  It
-receives one invocation at a time over the socket ``FD``, runs the real ``lambda_handler`` with a
-Lambda-like context, and reports it done.  If the process dies, the host reads the exit code and
-writes the failure records itself; a timeout or a cancel is a kill from the host.
+receives invocations over the socket ``FD`` and runs them in order with the real
+``lambda_handler`` and a Lambda-like context, reporting each one done.  The host may send one
+invocation ahead so the worker does not wait for it; it can withdraw that one with a cancel,
+which is honoured if it arrives before the invocation starts.  If the process dies, the host
+reads the exit code and writes the failure records itself.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import faulthandler
 import os
 import sys
 import time
+from collections import deque
 from multiprocessing.connection import Connection
+from typing import Any
 
 
 class LocalContext:
@@ -36,21 +40,42 @@ class LocalContext:
 def serve(conn: Connection, memory_mb: int, function_name: str) -> None:
     from lambda_worker.handler import lambda_handler
 
+    pending: deque[tuple[str, dict[str, Any], float] | None] = deque()  # None: exit, in order
+    withdrawn: set[str] = set()
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            message = conn.recv()
+            if not pending:
+                _take(conn.recv(), pending, withdrawn)
+            while conn.poll():  # see a withdrawal before starting what it withdraws
+                _take(conn.recv(), pending, withdrawn)
         except EOFError:  # the host went away
             return
-        if message[0] == "exit":
+        if not pending:
+            continue
+        item = pending.popleft()
+        if item is None:
             return
-        _, request_id, event, timeout = message
+        request_id, event, timeout = item
+        if request_id in withdrawn:
+            withdrawn.discard(request_id)
+            conn.send(("skipped", request_id))
+            continue
         context = LocalContext(request_id, timeout, memory_mb, function_name)
         try:
             summary = lambda_handler(event, context)
-        except Exception as e:  # records are the handler's job; this is a storage outage or a bug
+        except Exception as e:  # records are the handler's job; it failed (e.g. storage unreachable)
             summary = {"handler_error": f"{type(e).__name__}: {e}"}
         conn.send(("done", request_id, summary))
+
+
+def _take(message: tuple, pending: deque, withdrawn: set[str]) -> None:
+    if message[0] == "invoke":
+        pending.append(message[1:])
+    elif message[0] == "withdraw":
+        withdrawn.add(message[1])
+    elif message[0] == "exit":
+        pending.append(None)
 
 
 def main() -> None:

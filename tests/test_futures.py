@@ -284,12 +284,6 @@ def test_as_completed_yields_a_repeated_attached_future_once(ex):
     assert len(list(as_completed([futures[0], futures[0], futures[1]], timeout=20))) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: dask_wren/futures.py as_completed(): with any detached future it loops over wait() and "
-    "yields a future listed twice twice, while the all-attached path (concurrent.futures.as_completed) "
-    "yields it once",
-)
 def test_as_completed_yields_a_repeated_detached_future_once(ex):
     futures = ex.map(square, [2, 3])
     wait(futures)
@@ -457,12 +451,6 @@ def test_large_result_after_shutdown_is_a_clear_error(tmp_path):
         never.result()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: dask_wren/monitor.py:99-102 + futures.py:69: a record above result_inline_limit but "
-    "below protocol.HEADER_PROBE_BYTES (64 KiB) is read whole by the header probe and unpickled eagerly, "
-    "so it is not 'left in storage until .result()' as wren.yaml/README document",
-)
 def test_result_above_inline_limit_but_below_probe_size_stays_in_storage(tmp_path):
     e = _small_limit_executor(tmp_path)
     (never,) = e.map(big_result, [MID])

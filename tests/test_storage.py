@@ -121,6 +121,15 @@ def test_list_prefix(store):
     ]
 
 
+def test_list_start_after_skips_keys_up_to_it(store):
+    for i in range(5):
+        store.put(f"job/r/{i:06d}", b"x" * i)
+    store.put("job/other", b"y")
+    after = [k for k, _ in store.list("job/r/", start_after="job/r/000002")]
+    assert after == ["job/r/000003", "job/r/000004"]
+    assert [k for k, _ in store.list("job/r/", start_after="job/r/000004")] == []
+
+
 def test_list_missing_prefix_is_empty(store):
     store.put("dir/a", b"1")
     assert list(store.list("nothing/")) == []

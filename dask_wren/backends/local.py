@@ -4,22 +4,24 @@ One dispatcher thread owns all state below; other threads only append to ``_inbo
 
 State (dispatcher thread only):
     queue    invocations accepted and not yet sent, in order
-    workers  live worker processes; each is starting (not ``ready``), idle, or running exactly
-             one invocation (``current``) since ``started``
-    pending  process handles of workers being replaced (reaped without blocking)
+    workers  live worker processes; each is starting (not ``ready``), idle, or has ``sent``
+             invocations: the first runs (since ``started``); at most one more waits behind it,
+             sent ahead only while the queue is long and recent calls were short
 
 Transitions:
     invoke        -> appended to queue; idle workers take from the head
-    worker done   -> worker idle; progress listeners are told
-    worker EOF    -> the process died: its invocation's calls get ``worker_died`` records, a
-                     replacement starts
-    deadline      -> the worker is killed: ``timeout`` records, a replacement starts
-    cancel        -> a queued call is dropped; a running invocation whose calls are all cancelled
-                     is killed (no record: the future is already cancelled)
+    worker done   -> the next sent invocation (if any) starts; progress listeners are told; a
+                     handler that raised (storage unreachable) gets failure records for its calls
+    worker EOF    -> the process died: the running invocation's calls get ``worker_died``
+                     records, the one waiting behind it goes back to the queue, a replacement starts
+    deadline      -> the worker is killed: ``timeout`` records, the same as EOF otherwise
+    cancel        -> a queued call is dropped; a waiting one is withdrawn; a running invocation
+                     whose calls are all cancelled is killed (no record: the future is cancelled)
 
 Workers are started with ``subprocess`` in an empty directory without the host's ``PYTHONPATH``
-or working directory on ``sys.path``, so a function that works here also works on Lambda.  Each
-worker's stderr goes to a log file whose tail is quoted when the worker dies.
+or working directory on ``sys.path``, so a function that works here also works on Lambda.  They
+inherit the host's environment as it was when the pool started (credentials included).  Each
+worker's output goes to a log file whose tail is quoted when the worker dies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +46,7 @@ from dask_wren.backends.base import Invocation, write_failure_records
 
 _STARTUP_FAILURES_ALLOWED = 3
 _LOG_TAIL_BYTES = 2000
+_AHEAD_MAX_CALL_TIME = 0.05  # send a call ahead only while calls take less than this
 
 
 class _Worker:
@@ -65,8 +69,12 @@ class _Worker:
         child.close()
         self.conn = Connection(parent.detach())
         self.ready = False
-        self.current: Invocation | None = None
+        self.sent: deque[Invocation] = deque()
         self.started = 0.0
+
+    @property
+    def current(self) -> Invocation | None:
+        return self.sent[0] if self.sent else None
 
     def log_tail(self) -> str:
         try:
@@ -85,6 +93,10 @@ class _Worker:
     def close(self) -> None:
         self.conn.close()
         self.log.close()
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass
 
 
 def describe_exit(code: int | None) -> str:
@@ -119,6 +131,7 @@ class LocalBackend:
         self._queue: deque[Invocation] = deque()
         self._workers: list[_Worker] = []
         self._startup_failures = 0
+        self._recent_call_time = 0.0  # seconds per call, smoothed: decides sending ahead
 
     # -- public API (any thread) -------------------------------------------------------------
 
@@ -207,6 +220,7 @@ class LocalBackend:
                     w.proc.wait()
                 w.close()
             self._workers.clear()
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def _drain_inbox(self) -> bool:
         while self._inbox:
@@ -235,11 +249,15 @@ class LocalBackend:
                     inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
                 return
         for w in self._workers:
-            inv = w.current
-            if inv is not None and inv.request_id == request_id:
+            for position, inv in enumerate(w.sent):
+                if inv.request_id != request_id:
+                    continue
                 inv.cancelled.add(call_id)
                 if inv.cancelled >= set(inv.call_ids):
-                    w.kill()  # the EOF arrives next; _lost() writes no record for cancelled calls
+                    if position == 0:
+                        w.kill()  # the EOF arrives next; _lost() writes no record for cancelled calls
+                    else:
+                        self._send(w, ("withdraw", request_id))
                 return
 
     def _fill_pool(self) -> None:
@@ -247,16 +265,29 @@ class LocalBackend:
             self._workers.append(_Worker(self._log_dir, self.memory_mb, self.function_name))
 
     def _dispatch(self) -> None:
-        for w in self._workers:
+        ready = [w for w in self._workers if w.ready]
+        for w in ready:  # idle workers first
             if not self._queue:
                 return
-            if w.ready and w.current is None:
-                inv = self._queue.popleft()
-                w.current, w.started = inv, time.monotonic()
-                try:
-                    w.conn.send(("invoke", inv.request_id, inv.event, inv.timeout))
-                except OSError:
-                    pass  # the worker is dying; its EOF will be read and the call recorded
+            if not w.sent:
+                w.started = time.monotonic()
+                self._send_invocation(w, self._queue.popleft())
+        # Send one more ahead only when there is a backlog of short calls: the worker then never
+        # waits for the host, and a long call cannot hold back much behind it.
+        if len(self._queue) > len(ready) and self._recent_call_time < _AHEAD_MAX_CALL_TIME:
+            for w in ready:
+                if len(w.sent) == 1 and self._queue:
+                    self._send_invocation(w, self._queue.popleft())
+
+    def _send_invocation(self, w: _Worker, inv: Invocation) -> None:
+        w.sent.append(inv)
+        self._send(w, ("invoke", inv.request_id, inv.event, inv.timeout))
+
+    def _send(self, w: _Worker, message: tuple) -> None:
+        try:
+            w.conn.send(message)
+        except OSError:
+            pass  # the worker is dying; its EOF will be read and its calls recorded
 
     def _next_deadline(self) -> float | None:
         deadlines = [w.started + w.current.timeout for w in self._workers if w.current is not None]
@@ -271,8 +302,16 @@ class LocalBackend:
                 if message[0] == "ready":
                     w.ready = True
                     self._startup_failures = 0
-                elif message[0] == "done":
-                    w.current = None
+                elif message[0] in ("done", "skipped"):
+                    inv = w.sent.popleft()
+                    now = time.monotonic()
+                    if message[0] == "done":
+                        elapsed = (now - w.started) / max(1, len(inv.call_ids))
+                        self._recent_call_time = 0.8 * self._recent_call_time + 0.2 * elapsed
+                        error = message[2].get("handler_error")
+                        if error:
+                            write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
+                    w.started = now
                     self._notify()
         except (EOFError, OSError):
             self._lost(w, None)
@@ -289,20 +328,23 @@ class LocalBackend:
         """A worker is gone (died or killed): record its invocation's calls and replace it."""
         self._workers.remove(w)
         code = w.proc.wait()
-        w.close()
         inv = w.current
+        for waiting in reversed(list(w.sent)[1:]):  # never started: run them elsewhere
+            self._queue.appendleft(waiting)
         if message is None:
             message = f"the worker process running this call {describe_exit(code)}"
             tail = w.log_tail()
             if tail:
                 message += f"; the end of its output:\n{tail}"
+        startup_log = w.log_tail() if not w.ready else ""
+        w.close()
         if not w.ready:
             self._startup_failures += 1
             if self._startup_failures >= _STARTUP_FAILURES_ALLOWED:
                 self._broken = (
                     f"local worker processes cannot start (the last one {describe_exit(code)}). "
                     "Check that dask-wren is installed in this Python environment "
-                    f"({sys.executable}), e.g. `pip install dask-wren`; worker output:\n{w.log_tail()}"
+                    f"({sys.executable}), e.g. `pip install dask-wren`; worker output:\n{startup_log}"
                 )
                 for pending in list(self._queue) + ([inv] if inv else []):
                     write_failure_records(pending, protocol.FAIL_WORKER_DIED, self._broken)
@@ -321,12 +363,17 @@ _shared_lock = threading.Lock()
 
 
 def shared_local_backend(workers: int | None, memory_mb: int) -> LocalBackend:
-    """One warm pool per configuration for the whole process, like one Lambda function."""
-    key = (workers or os.cpu_count() or 1, memory_mb)
+    """One warm pool per configuration for the whole process, like one deployed Lambda function.
+
+    Workers keep the environment they started with, so a changed environment (new credentials,
+    say) gets a new pool rather than workers that cannot see it.
+    """
+    size = workers or os.cpu_count() or 1
+    key = (size, memory_mb, hash(frozenset(os.environ.items())))
     with _shared_lock:
         backend = _shared.get(key)
         if backend is None or backend._closed:
-            backend = _shared[key] = LocalBackend(*key)
+            backend = _shared[key] = LocalBackend(size, memory_mb)
             backend.start()
         return backend
 

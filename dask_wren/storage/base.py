@@ -36,8 +36,9 @@ class Storage(Protocol):
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Read ``length`` bytes from ``start`` (fewer at the end of the object)."""
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Yield ``(key, size)`` for every object whose key starts with ``prefix``."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """Yield ``(key, size)`` for every object whose key starts with ``prefix``, in key order;
+        with ``start_after``, only keys that sort after it (S3's StartAfter)."""
 
     def exists(self, key: str) -> bool:
         """Whether the key exists."""

@@ -94,33 +94,37 @@ class LocalStorage:
         except FileNotFoundError:
             raise KeyNotFound(key) from None
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         # Fast path: a prefix ending in "/" names a directory; scan only it and below.
         if prefix.endswith("/") or os.path.isdir(base):
             start, match = base, None
         else:
             start, match = os.path.dirname(base), os.path.basename(base)
-        yield from self._walk(start, match)
+        found = sorted(self._walk(start, match, start_after))
+        yield from found
 
-    def _walk(self, directory: str, name_prefix: str | None) -> Iterator[tuple[str, int]]:
+    def _walk(self, directory: str, name_prefix: str | None, after: str | None) -> Iterator[tuple[str, int]]:
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
             return
-        for entry in sorted(entries, key=lambda e: e.name):
+        for entry in entries:
             if entry.name.startswith(".tmp-"):
                 continue
             if name_prefix is not None and not entry.name.startswith(name_prefix):
                 continue
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path, None)
-            else:
-                try:
-                    size = entry.stat().st_size
-                except FileNotFoundError:  # deleted between scan and stat
-                    continue
-                yield os.path.relpath(entry.path, self.root).replace(os.sep, "/"), size
+                yield from self._walk(entry.path, None, after)
+                continue
+            key = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
+            if after is not None and key <= after:
+                continue  # compared before stat: skipping is what makes start_after cheap
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:  # deleted between scan and stat
+                continue
+            yield key, size
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))

@@ -206,10 +206,11 @@ class S3Storage:
                 raise
             return r["Body"].read()
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        extra = {"StartAfter": start_after} if start_after else {}
         with self._errors(prefix):
             pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
+                Bucket=self.bucket, Prefix=prefix, **extra
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
