@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 from dask_wren import protocol
 from dask_wren.futures import WrenFuture
-from dask_wren.storage import Storage
+from dask_wren.storage import Storage, StorageError
 
 _MIN_ROUND_GAP = 0.01  # seconds; bounds LIST requests when many calls finish at once
 _ROUND_COST_FACTOR = 4
+_LIST_FAILURES_ALLOWED = 3
 
 
 @dataclass
@@ -26,6 +27,7 @@ class _Watched:
     futures: dict[str, WrenFuture]  # call_id -> future, unresolved only
     seen: set[str] = field(default_factory=set)
     low: int = 0  # every call id below this one has been seen: list only past it
+    list_failures: int = 0  # consecutive rounds whose listing failed
 
     def start_after(self) -> str | None:
         while protocol.call_id_for(self.low) in self.seen:
@@ -86,6 +88,20 @@ class Monitor:
             gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
             time.sleep(min(gap, self.poll_interval))
 
+    def _fail_job(self, job_id: str, job: _Watched, error: Exception) -> None:
+        with self._lock:
+            futures = list(job.futures.values())
+            job.futures.clear()
+            if self._jobs.get(job_id) is job:
+                del self._jobs[job_id]
+        failure = StorageError(f"cannot list the results of job {job_id} under {job.prefix!r}: {error}")
+        for future in futures:
+            if not future.done():
+                try:
+                    future.set_exception(failure)
+                except Exception:
+                    pass  # cancelled meanwhile
+
     def _read_header(self, key: str) -> bytes:
         """The start of a large record: its whole header and as little payload as possible."""
         probe = self.storage.get_range(key, 0, min(protocol.HEADER_PROBE_BYTES, self.inline_limit))
@@ -101,7 +117,13 @@ class Monitor:
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
-        except Exception:  # a passing storage error; the next round lists again
+            job.list_failures = 0
+        except Exception as e:
+            # The store's client has already retried; a few failed rounds in a row mean the
+            # results cannot be read at all, and waiting longer would only hang the caller.
+            job.list_failures += 1
+            if job.list_failures >= _LIST_FAILURES_ALLOWED:
+                self._fail_job(job_id, job, e)
             return
         for key, call_id, size in found:
             with self._lock:

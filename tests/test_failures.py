@@ -202,3 +202,28 @@ def test_workers_that_cannot_start_fail_calls_clearly(tmp_path, monkeypatch):
                 ex.call_async(sleep_for, 0).result(timeout=30)
     finally:
         backend.shutdown()
+
+
+class UnlistableStorage:
+    """A store whose listings always fail (say, permission to list was revoked)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def list(self, prefix, start_after=None):
+        raise dask_wren.storage.StorageError("access denied listing the bucket")
+
+
+def test_results_that_cannot_be_listed_fail_the_futures_instead_of_hanging(tmp_path):
+    from dask_wren.config import Settings
+    from dask_wren.executor import Executor
+    from dask_wren.storage.local import LocalStorage
+
+    storage = UnlistableStorage(LocalStorage(str(tmp_path)))
+    with Executor(Settings.from_config(storage_dir=str(tmp_path), workers=2), storage=storage) as ex:
+        f = ex.call_async(sleep_for, 0)
+        with pytest.raises(dask_wren.storage.StorageError, match="access denied listing"):
+            f.result(timeout=30)
