@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from dask_wren.backends.local import LocalBackend  # noqa: E402
 from dask_wren.config import Settings  # noqa: E402
 from dask_wren.executor import Executor  # noqa: E402
-from dask_wren.storage.local import LocalStorage  # noqa: E402
+from lambda_worker.storage.local import LocalStorage  # noqa: E402
 
 TARGET_TRIVIAL_S = 1.0  # 1,000 trivial calls end to end
 TARGET_SPEEDUP = 1.9  # section B on 2 cores

@@ -100,9 +100,9 @@ _KEYS = {
 def make_storage(settings: Settings):
     """The store the settings describe."""
     if settings.storage == "s3":
-        from dask_wren.storage.s3 import S3Storage
+        from lambda_worker.storage.s3 import S3Storage
 
         return S3Storage(settings.bucket, region=settings.region, endpoint_url=settings.endpoint_url)
-    from dask_wren.storage.local import LocalStorage
+    from lambda_worker.storage.local import LocalStorage
 
     return LocalStorage(settings.storage_dir)

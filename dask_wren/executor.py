@@ -16,13 +16,13 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from dask_wren import protocol, serialize
 from dask_wren.backends import Backend, Invocation, make_backend
 from dask_wren.config import Settings, make_storage
 from dask_wren.futures import ALL_COMPLETED, WrenFuture, get_all_results, wait
 from dask_wren.monitor import Monitor
 from dask_wren.shipping import pickle_payload
-from dask_wren.storage import Storage
+from lambda_worker import protocol, serialize
+from lambda_worker.storage import Storage
 
 #: An event larger than this keeps its call list in storage (Lambda's async limit is 256 KiB).
 MAX_EVENT_BYTES = 200 * 1024

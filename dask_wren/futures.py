@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from dask_wren import errors, protocol, serialize
-from dask_wren.storage import KeyNotFound, Storage, storage_from_spec
+from dask_wren import errors
+from lambda_worker import protocol, serialize
+from lambda_worker.storage import KeyNotFound, Storage, storage_from_spec
 
 ALL_COMPLETED = cf.ALL_COMPLETED
 ANY_COMPLETED = cf.FIRST_COMPLETED

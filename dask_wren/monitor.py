@@ -12,9 +12,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dask_wren import protocol
 from dask_wren.futures import WrenFuture
-from dask_wren.storage import Storage, StorageError
+from lambda_worker import protocol
+from lambda_worker.storage import Storage, StorageError
 
 _MIN_ROUND_GAP = 0.01  # seconds; bounds LIST requests when many calls finish at once
 _ROUND_COST_FACTOR = 4

@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from dask_wren.errors import SerializationError
-from dask_wren.serialize import PROTOCOL
+from lambda_worker.serialize import PROTOCOL
 
 _register_lock = threading.Lock()
 

@@ -16,8 +16,8 @@ from collections import deque
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any
 
-from dask_wren import protocol, serialize
-from dask_wren.storage import KeyNotFound, Storage, storage_from_spec
+from lambda_worker import protocol, serialize
+from lambda_worker.storage import KeyNotFound, Storage, storage_from_spec
 
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
 PROCESS_START = time.time()

@@ -14,19 +14,15 @@ def executor(tmp_path):
     ex.shutdown(wait=False, cancel_futures=True)
 
 
-def wait_for_path(path, timeout=30.0):
+def wait_for_path(path, timeout=30.0, error=AssertionError):
     """Block until ``path`` exists (a remote function signalled a point it reached)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
+            raise error(f"{path} did not appear within {timeout} s")
         time.sleep(0.005)
 
 
 def gate(path, timeout=30.0):
     """Run remotely: wait until the test opens the gate by creating ``path``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} never opened")
-        time.sleep(0.005)
+    wait_for_path(path, timeout, TimeoutError)

@@ -214,16 +214,16 @@ class UnlistableStorage:
         return getattr(self.inner, name)
 
     def list(self, prefix, start_after=None):
-        raise dask_wren.storage.StorageError("access denied listing the bucket")
+        raise dask_wren.StorageError("access denied listing the bucket")
 
 
 def test_results_that_cannot_be_listed_fail_the_futures_instead_of_hanging(tmp_path):
     from dask_wren.config import Settings
     from dask_wren.executor import Executor
-    from dask_wren.storage.local import LocalStorage
+    from lambda_worker.storage.local import LocalStorage
 
     storage = UnlistableStorage(LocalStorage(str(tmp_path)))
     with Executor(Settings.from_config(storage_dir=str(tmp_path), workers=2), storage=storage) as ex:
         f = ex.call_async(sleep_for, 0)
-        with pytest.raises(dask_wren.storage.StorageError, match="access denied listing"):
+        with pytest.raises(dask_wren.StorageError, match="access denied listing"):
             f.result(timeout=30)

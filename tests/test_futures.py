@@ -20,7 +20,7 @@ import pytest
 
 import dask_wren
 from dask_wren import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, as_completed, get_all_results, wait
-from dask_wren.protocol import HEADER_PROBE_BYTES
+from lambda_worker.protocol import HEADER_PROBE_BYTES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,7 +29,7 @@ def touch_and_wait(args):
 
 
 def test_runtime_skips_an_invocation_withdrawn_before_it_starts(tmp_path):
-    from dask_wren.storage.local import LocalStorage
+    from lambda_worker.storage.local import LocalStorage
 
     store = LocalStorage(str(tmp_path / "store"))
     event = make_event(store, touch_and_wait, [(str(tmp_path / "ran"), None)])

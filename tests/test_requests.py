@@ -4,7 +4,7 @@ import collections
 
 from dask_wren.config import Settings
 from dask_wren.executor import Executor
-from dask_wren.storage.local import LocalStorage
+from lambda_worker.storage.local import LocalStorage
 
 
 class CountingStorage:

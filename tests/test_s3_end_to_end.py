@@ -51,6 +51,6 @@ def test_map_reduce_through_s3(s3_endpoint, aws_env):
 
 
 def test_missing_bucket_is_one_clear_error(s3_endpoint, aws_env):
-    with pytest.raises(dask_wren.storage.StorageError, match="no-such-bucket"):
+    with pytest.raises(dask_wren.StorageError, match="no-such-bucket"):
         with dask_wren.default_executor(storage="s3", bucket="no-such-bucket", endpoint_url=s3_endpoint) as ex:
             ex.call_async(cube, 2)

@@ -10,11 +10,11 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-import dask_wren.storage
-from dask_wren.storage import storage_from_spec
-from dask_wren.storage.base import KeyNotFound, Storage, StorageError
-from dask_wren.storage.local import LocalStorage
-from dask_wren.storage.s3 import MiB, S3Storage
+import lambda_worker.storage
+from lambda_worker.storage import storage_from_spec
+from lambda_worker.storage.base import KeyNotFound, Storage, StorageError
+from lambda_worker.storage.local import LocalStorage
+from lambda_worker.storage.s3 import MiB, S3Storage
 
 BUCKET = "wren-test-bucket"
 REGION = "us-east-1"
@@ -23,7 +23,7 @@ REGION = "us-east-1"
 @pytest.fixture(autouse=True)
 def _fresh_spec_cache(monkeypatch):
     # storage_from_spec caches stores by spec; a cached one could outlive its test's mock.
-    monkeypatch.setattr(dask_wren.storage, "_CACHE", {})
+    monkeypatch.setattr(lambda_worker.storage, "_CACHE", {})
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dask_wren import protocol
-from dask_wren.storage import storage_from_spec
+from lambda_worker import protocol
+from lambda_worker.storage import storage_from_spec
 
 
 @dataclass

@@ -41,8 +41,8 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
-from dask_wren import protocol
 from dask_wren.backends.base import Invocation, write_failure_records
+from lambda_worker import protocol
 
 _STARTUP_FAILURES_ALLOWED = 3
 _LOG_TAIL_BYTES = 2000

@@ -23,7 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from dask_wren.storage.base import KeyNotFound, StorageError
+from lambda_worker.storage.base import KeyNotFound, StorageError
 
 MiB = 1024 * 1024
 _MIN_PART = 5 * MiB  # S3 rejects smaller parts, except the last one

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dask_wren.storage.base import KeyNotFound, Storage, StorageError
+from lambda_worker.storage.base import KeyNotFound, Storage, StorageError
 
 __all__ = ["KeyNotFound", "Storage", "StorageError", "storage_from_spec"]
 
@@ -24,11 +24,11 @@ def storage_from_spec(spec: dict[str, Any]) -> Storage:
     if store is None:
         kind = spec.get("kind")
         if kind == "local":
-            from dask_wren.storage.local import LocalStorage
+            from lambda_worker.storage.local import LocalStorage
 
             store = LocalStorage.from_spec(spec)
         elif kind == "s3":
-            from dask_wren.storage.s3 import S3Storage
+            from lambda_worker.storage.s3 import S3Storage
 
             store = S3Storage.from_spec(spec)
         else:

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from dask_wren.storage.base import KeyNotFound, StorageError
+from lambda_worker.storage.base import KeyNotFound, StorageError
 
 
 def default_root() -> str:
