@@ -21,7 +21,11 @@ from dask_wren.futures import (
     get_all_results,
     wait,
 )
+from dask_wren.scheduler import local, register, remote, wren_get
 from lambda_worker.storage import StorageError
+
+register()  # scheduler="wren"
+del register
 
 __version__ = "0.1.0"
 
@@ -45,6 +49,9 @@ __all__ = [
     "default_executor",
     "get_all_results",
     "lambda_executor",
+    "local",
     "local_executor",
+    "remote",
     "wait",
+    "wren_get",
 ]

@@ -130,6 +130,14 @@ def test_list_start_after_skips_keys_up_to_it(store):
     assert [k for k, _ in store.list("job/r/", start_after="job/r/000004")] == []
 
 
+def test_delete_keys(store):
+    for k in ("d/a", "d/b", "d/c"):
+        store.put(k, b"1")
+    store.delete(["d/a", "d/c", "d/missing"])
+    assert [k for k, _ in store.list("d/")] == ["d/b"]
+    store.delete([])
+
+
 def test_list_missing_prefix_is_empty(store):
     store.put("dir/a", b"1")
     assert list(store.list("nothing/")) == []

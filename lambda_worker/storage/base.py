@@ -43,5 +43,8 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool:
         """Whether the key exists."""
 
+    def delete(self, keys: list[str]) -> None:
+        """Delete these objects; missing ones are ignored."""
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; return how many were deleted."""

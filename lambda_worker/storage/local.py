@@ -129,13 +129,16 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = [k for k, _ in self.list(prefix)]
-        for k in keys:
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
             try:
-                os.unlink(self._path(k))
+                os.unlink(self._path(key))
             except FileNotFoundError:
                 pass
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [k for k, _ in self.list(prefix)]
+        self.delete(keys)
         # Remove the directory a "dir/" prefix names, and forget cached parents below it.
         if prefix.endswith("/"):
             shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)

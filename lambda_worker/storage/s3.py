@@ -224,9 +224,10 @@ class S3Storage:
             return False
         return True
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = [k for k, _ in self.list(prefix)]
-        with self._errors(prefix):
+    def delete(self, keys: list[str]) -> None:
+        keys = list(keys)
+        where = keys[0] if keys else ""
+        with self._errors(where):
             for i in range(0, len(keys), _DELETE_BATCH):
                 batch = keys[i : i + _DELETE_BATCH]
                 r = self._client.delete_objects(
@@ -236,8 +237,12 @@ class S3Storage:
                 if r.get("Errors"):
                     err = r["Errors"][0]
                     raise StorageError(
-                        f"could not delete {len(r['Errors'])} of {len(batch)} objects under "
-                        f"s3://{self.bucket}/{prefix}, e.g. {err.get('Key')!r}: "
+                        f"could not delete {len(r['Errors'])} of {len(batch)} objects in "
+                        f"s3://{self.bucket}, e.g. {err.get('Key')!r}: "
                         f"{err.get('Code')}: {err.get('Message')}"
                     )
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [k for k, _ in self.list(prefix)]
+        self.delete(keys)
         return len(keys)
