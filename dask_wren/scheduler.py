@@ -35,7 +35,6 @@ from typing import Any
 import dask
 from dask._task_spec import (
     Alias,
-    DataNode,
     DependenciesMapping,
     GraphNode,
     Task,
@@ -145,7 +144,8 @@ def _wren_annotations(dsk: Any) -> dict[Any, str]:
 
 
 def _marker(node: Any, depth: int = 0) -> str | None:
-    """A placement marker on any function inside a (possibly fused) task."""
+    """A placement marker on any function inside a (possibly fused) task: its own function, a
+    function passed as an argument (``map_chunk(f, ...)``), or a task of its inner graph."""
     if depth > 50:
         return None
     if isinstance(node, Task):
@@ -156,14 +156,14 @@ def _marker(node: Any, depth: int = 0) -> str | None:
             mark = _marker(arg, depth + 1)
             if mark is not None:
                 return mark
-    elif isinstance(node, DataNode) and isinstance(node.value, dict):
-        return _marker(node.value, depth + 1)
     elif isinstance(node, dict):  # the inner graph of a fused task
         for value in node.values():
             if isinstance(value, GraphNode):
                 mark = _marker(value, depth + 1)
                 if mark is not None:
                     return mark
+    elif callable(node) and not isinstance(node, GraphNode):
+        return getattr(node, _MARKER, None)
     return None
 
 

@@ -1,0 +1,456 @@
+"""dask-wren scheduler (``wren_get``) benchmarks, side by side with dask's own schedulers in one run.
+
+A. A 1,000-partition ``dask.bag`` map + sum end to end: ``wren_get`` on the local backend (warm
+   pool) vs dask's ``scheduler="processes"`` and ``scheduler="sync"`` (the in-process floor).
+B. The scheduler's own host cost per task on large graphs over a ZERO-WORK backend: an in-memory
+   store and a null backend that writes an "ok" result record for every call the moment it is
+   invoked, so all that is left is graph preparation, placement, pickling, the monitor and the
+   state machine.  Graphs: (1) independent map tasks + a fan-in-100 tree reduction, (2) a chain of
+   host (local) tasks.  Compared with ``dask.local.get_sync`` (and ``dask.threaded.get``) on the
+   same graph: for the map graph those run the trivial function in-process, the floor of host cost.
+
+The machine may be shared and noisy: compare the ratios printed side by side, not the absolute
+figures.  ``--quick`` is a smoke run of a few seconds; ``--profile`` adds cProfile hotspots of
+section B; ``--strict`` exits 1 when a target is missed.
+
+    python benchmarks/bench_scheduler.py [--quick] [--repeat 3] [--workers 2] [--tasks 100000] [--profile]
+"""
+
+import argparse
+import bisect
+import cProfile
+import functools
+import io
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import cloudpickle
+import dask
+import dask.bag as db
+import dask.threaded
+from dask.callbacks import Callback
+from dask.local import get_sync
+
+from dask_wren.config import Settings
+from dask_wren.executor import Executor
+from dask_wren.scheduler import wren_get
+from lambda_worker import protocol
+from lambda_worker.storage import KeyNotFound
+
+TARGET_US_PER_TASK = 100.0  # section B: host cost per task
+FAN_IN = 100  # section B(1): inputs per reduce task
+
+
+# -- the work ---------------------------------------------------------------------------------
+
+
+def inc(x):
+    return x + 1
+
+
+def count(xs):
+    """First reduce layer: how many map results (the null backend's are all None)."""
+    return len(xs)
+
+
+def total(xs):
+    return sum(xs)
+
+
+# -- a zero-work store and backend ------------------------------------------------------------
+
+
+class MemoryStorage:
+    """A dict-backed, thread-safe store implementing the ``Storage`` protocol.
+
+    ``list`` is in key order and honours ``start_after`` through a sorted key list (keys written
+    in order append in O(log n); deleted keys are dropped from it lazily).  ``spec()`` cannot be
+    rebuilt by a worker (``storage_from_spec`` knows no "memory" kind): only ``NullBackend``,
+    which never starts a worker, can use this store.
+    """
+
+    def __init__(self):
+        self._data: dict[str, bytes] = {}
+        self._sorted: list[str] = []
+        self._dead = 0  # keys in _sorted that are no longer in _data
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def spec(self):
+        return {"kind": "memory"}
+
+    def __repr__(self):
+        return f"MemoryStorage({len(self._data)} objects)"
+
+    def _insert(self, key):
+        if key in self._data:
+            return
+        s = self._sorted
+        if not s or key > s[-1]:
+            s.append(key)
+        else:
+            i = bisect.bisect_left(s, key)
+            if i < len(s) and s[i] == key:
+                self._dead -= 1  # a deleted key written again
+            else:
+                s.insert(i, key)
+
+    def put(self, key, data):
+        with self._lock:
+            self.requests += 1
+            self._insert(key)
+            self._data[key] = bytes(data)
+
+    def put_if_absent(self, key, data):
+        with self._lock:
+            self.requests += 1
+            if key in self._data:
+                return False
+            self._insert(key)
+            self._data[key] = bytes(data)
+            return True
+
+    def get(self, key):
+        with self._lock:
+            self.requests += 1
+            try:
+                return self._data[key]
+            except KeyError:
+                raise KeyNotFound(key) from None
+
+    def get_range(self, key, start, length):
+        return self.get(key)[start : start + length]
+
+    def list(self, prefix, start_after=None):
+        with self._lock:
+            self.requests += 1
+            if self._dead > len(self._sorted) // 2:
+                self._sorted = [k for k in self._sorted if k in self._data]
+                self._dead = 0
+            s = self._sorted
+            i = bisect.bisect_left(s, prefix)
+            if start_after is not None and start_after >= prefix:
+                i = max(i, bisect.bisect_right(s, start_after))
+            out = []
+            data = self._data
+            for j in range(i, len(s)):
+                key = s[j]
+                if not key.startswith(prefix):
+                    break
+                value = data.get(key)
+                if value is not None:
+                    out.append((key, len(value)))
+        yield from out
+
+    def exists(self, key):
+        with self._lock:
+            self.requests += 1
+            return key in self._data
+
+    def delete(self, keys):
+        with self._lock:
+            self.requests += 1
+            for key in keys:
+                if self._data.pop(key, None) is not None:
+                    self._dead += 1
+
+    def delete_prefix(self, prefix):
+        keys = [k for k, _ in self.list(prefix)]
+        self.delete(keys)
+        return len(keys)
+
+
+class NullBackend:
+    """Runs nothing: ``invoke`` writes an ``ok`` result record (payload: pickled None) for every
+    call at once, into the store given here, then tells the progress listeners."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.payload = cloudpickle.dumps(None)
+        self._listeners = []
+        self.calls = 0
+
+    def invoke(self, invocations):
+        payload = self.payload
+        for inv in invocations:
+            event = inv.event
+            prefix, job_id = event["prefix"], event["job_id"]
+            for call_id in inv.call_ids:
+                header = {"status": protocol.STATUS_OK, "call_id": call_id, "job_id": job_id,
+                          "result_bytes": len(payload), "timings": {}}
+                self.storage.put(protocol.result_key(prefix, job_id, call_id), protocol.encode_result(header, payload))
+            self.calls += len(inv.call_ids)
+        for listener in list(self._listeners):
+            listener()
+
+    def cancel(self, request_id, call_id):
+        pass
+
+    def add_progress_listener(self, listener):
+        self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener):
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+
+# -- graphs -----------------------------------------------------------------------------------
+
+
+def map_reduce_graph(n, fan_in=FAN_IN):
+    """``n`` independent ``inc`` tasks, then reduce layers of ``fan_in`` inputs down to one key.
+    Returns the graph and its output key; the output is ``n`` whatever the map tasks return."""
+    dsk = {("x", i): (inc, i) for i in range(n)}
+    keys = [("x", i) for i in range(n)]
+    level, func = 0, count
+    while len(keys) > 1 or level == 0:
+        nxt = []
+        for j in range(0, len(keys), fan_in):
+            k = (f"s{level}", j // fan_in)
+            dsk[k] = (func, keys[j : j + fan_in])
+            nxt.append(k)
+        keys, level, func = nxt, level + 1, total
+    return dsk, keys[0]
+
+
+def chain_graph(n):
+    """``x0 = 0``, ``x{i+1} = inc(x{i})``: ``n`` tasks in a line, all of them host tasks here."""
+    dsk = {"x0": 0}
+    for i in range(n):
+        dsk[f"x{i + 1}"] = (inc, f"x{i}")
+    return dsk, f"x{n}"
+
+
+class Phases(Callback):
+    """Timestamps from dask's scheduler callbacks: ``start`` (the graph has been converted, culled
+    and its aliases resolved), ``start_state`` (ordered, state built), ``finish``."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = {}
+
+    def _start(self, dsk):
+        self.t["start"] = time.perf_counter()
+
+    def _start_state(self, dsk, state):
+        self.t["state"] = time.perf_counter()
+
+    def _finish(self, dsk, state, errored):
+        self.t["finish"] = time.perf_counter()
+
+
+def run_phased(get, dsk, key):
+    """Run ``get(dsk, key)``; return (result, seconds total, prepare, order+state, execute, after)."""
+    ph = Phases()
+    t0 = time.perf_counter()
+    with ph:
+        out = get(dsk, key)
+    t1 = time.perf_counter()
+    t = ph.t
+    return out, {
+        "total": t1 - t0,
+        "prepare": t["start"] - t0,
+        "order": t["state"] - t["start"],
+        "execute": t["finish"] - t["state"],
+        "after": t1 - t["finish"],
+    }
+
+
+# -- section A --------------------------------------------------------------------------------
+
+
+def timed(fn, repeat):
+    out, times = None, []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def bench_bag(executor, n, partitions, workers, repeat):
+    bag = db.from_sequence(range(n), npartitions=partitions).map(inc).sum()
+    expected = sum(range(1, n + 1))
+    wren = functools.partial(wren_get, executor=executor)
+    rows, results = {}, {}
+    results["dask-wren (local, warm)"], rows["dask-wren (local, warm)"] = timed(
+        lambda: bag.compute(scheduler=wren), repeat)
+    results["dask processes"], rows["dask processes"] = timed(
+        lambda: bag.compute(scheduler="processes", num_workers=workers), repeat)
+    results["dask sync"], rows["dask sync"] = timed(lambda: bag.compute(scheduler="sync"), repeat)
+    for name, value in results.items():
+        if value != expected:
+            raise AssertionError(f"{name} computed {value!r}, expected {expected!r}")
+    graph_tasks = len(dict(bag.__dask_graph__()))
+    return rows, graph_tasks
+
+
+# -- section B --------------------------------------------------------------------------------
+
+
+def null_executor():
+    mem = MemoryStorage()
+    backend = NullBackend(mem)
+    settings = Settings.from_config(cleanup=True)
+    return Executor(settings, storage=mem, backend=backend), mem, backend
+
+
+def bench_host(kind, n, profile_top):
+    """One graph of ``n`` tasks (plus reduce tasks for "map") through wren_get on the null backend,
+    then through get_sync and dask.threaded.get; rows of phase timings and the optional profile."""
+    dsk, key = map_reduce_graph(n) if kind == "map" else chain_graph(n)
+    tasks = len(dsk) - (1 if kind == "chain" else 0)
+    expected = n
+    rows = {}
+    executor, mem, backend = null_executor()
+    prof = cProfile.Profile() if profile_top else None
+    try:
+        wren = functools.partial(wren_get, executor=executor)
+        if prof is not None:
+            prof.enable()
+        out, rows["dask-wren, null backend"] = run_phased(wren, dsk, key)
+        if prof is not None:
+            prof.disable()
+        if out != expected:
+            raise AssertionError(f"dask-wren computed {out!r}, expected {expected!r}")
+        remote_calls = backend.calls
+        requests = mem.requests
+    finally:
+        t0 = time.perf_counter()
+        executor.shutdown()
+        shutdown = time.perf_counter() - t0
+    left = len(mem._data)
+    for name, get in (("dask get_sync", get_sync), ("dask threaded", dask.threaded.get)):
+        out, rows[name] = run_phased(get, dsk, key)
+        if out != expected:
+            raise AssertionError(f"{name} computed {out!r}, expected {expected!r}")
+    info = {"tasks": tasks, "remote_calls": remote_calls, "requests": requests, "shutdown": shutdown,
+            "left": left}
+    return rows, info, prof
+
+
+def print_profile(prof, top, title):
+    print(f"\n   cProfile of {title} (with profiling on; tottime = time in the function itself)")
+    for sort in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf)
+        stats.sort_stats(sort).print_stats(top)
+        lines = buf.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+        print(f"   -- top {top} by {sort}")
+        for line in lines[start:]:
+            if line.strip():
+                print("   " + line.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", ""))
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def fmt_s(xs):
+    return f"{statistics.median(xs):7.3f} s median, {min(xs):7.3f} s min"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (~10 s): smaller graphs, one repeat")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats of each section A measurement (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes in section A (default 2)")
+    parser.add_argument("--items", type=int, default=None, help="bag elements in A (default 100,000)")
+    parser.add_argument("--partitions", type=int, default=None, help="bag partitions in A (default 1,000)")
+    parser.add_argument("--tasks", type=int, default=None, help="map / chain tasks in B (default 100,000)")
+    parser.add_argument("--profile", action="store_true", help="print cProfile hotspots of section B's dask-wren runs")
+    parser.add_argument("--top", type=int, default=25, help="functions per --profile listing (default 25)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+
+    quick = args.quick
+    repeat = args.repeat or (1 if quick else 3)
+    workers = args.workers
+    partitions = args.partitions or (200 if quick else 1000)
+    items = args.items or (20_000 if quick else 100_000)
+    tasks = args.tasks or (10_000 if quick else 100_000)
+    top = args.top if args.profile else 0
+
+    cpus = os.cpu_count() or 1
+    print(f"dask-wren scheduler benchmarks: {workers} workers, {cpus} CPUs, Python {sys.version.split()[0]}, "
+          f"dask {dask.__version__}, load average {os.getloadavg()[0]:.2f}")
+    started = time.perf_counter()
+    summary = []
+    root = tempfile.mkdtemp(prefix="dask-wren-bench-")
+    try:
+        settings = Settings.from_config(storage_dir=root, workers=workers)
+        with Executor(settings) as executor:
+            wren = functools.partial(wren_get, executor=executor)
+            db.from_sequence(range(10), npartitions=2 * workers).map(inc).sum().compute(scheduler=wren)  # warm
+            print(f"\nA. dask.bag of {items:,} items in {partitions:,} partitions: .map(inc).sum() "
+                  f"({repeat} repeat(s))")
+            rows, graph_tasks = bench_bag(executor, items, partitions, workers, repeat)
+        ref_p = statistics.median(rows["dask processes"])
+        ref_s = statistics.median(rows["dask sync"])
+        for name, xs in rows.items():
+            med = statistics.median(xs)
+            print(f"   {name:<24} {fmt_s(xs)}   {med / ref_p:6.2f}x processes  {med / ref_s:7.1f}x sync")
+        print(f"   graph: {graph_tasks:,} tasks before optimization; results checked equal "
+              f"(sum = {sum(range(1, items + 1)):,})")
+        wren_a = statistics.median(rows["dask-wren (local, warm)"])
+        summary.append((f"bag {partitions:,} partitions map+sum", f"{wren_a:.3f} s", f"{wren_a / ref_p:.2f}x processes, "
+                        f"{wren_a / ref_s:.1f}x sync", "-", None))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\nB. host cost per task over a zero-work backend (in-memory store, null backend); "
+          f"target <= {TARGET_US_PER_TASK:g} us/task")
+    profiles = []
+    for kind, title in (("map", f"{tasks:,} map tasks + fan-in-{FAN_IN} reduce tree"),
+                        ("chain", f"chain of {tasks:,} host tasks")):
+        rows, info, prof = bench_host(kind, tasks, top)
+        n = info["tasks"]
+        print(f"   ({'1' if kind == 'map' else '2'}) {title}: {n:,} tasks"
+              + (f", {info['remote_calls']:,} of them remote calls" if kind == "map" else ""))
+        print(f"       {'':<24} {'total':>8} {'us/task':>8} {'prepare':>8} {'order':>8} {'execute':>8} {'after':>8}"
+              f" {'vs sync':>8}")
+        floor = rows["dask get_sync"]["total"]
+        for name, r in rows.items():
+            print(f"       {name:<24} {r['total']:7.2f}s {r['total'] / n * 1e6:8.1f} {r['prepare']:7.2f}s "
+                  f"{r['order']:7.2f}s {r['execute']:7.2f}s {r['after']:7.2f}s {r['total'] / floor:7.1f}x")
+        wr = rows["dask-wren, null backend"]
+        us = wr["total"] / n * 1e6
+        over = (wr["total"] - floor) / n * 1e6
+        print(f"       dask-wren over get_sync: {over:.1f} us/task; storage requests {info['requests']:,} "
+              f"({info['requests'] / n:.2f}/task); executor shutdown {info['shutdown']:.2f} s, "
+              f"{info['left']} objects left after cleanup")
+        summary.append((f"host cost, {'map+reduce' if kind == 'map' else 'chain'} {n:,} tasks", f"{us:.1f} us/task",
+                        f"{wr['total'] / floor:.1f}x get_sync", f"<= {TARGET_US_PER_TASK:g} us",
+                        us <= TARGET_US_PER_TASK))
+        if prof is not None:
+            profiles.append((prof, title))
+    print("   phases (dask callbacks): prepare = convert/cull/resolve aliases (+ executor setup); order = dask.order "
+          "+ start_state; execute = the state machine to the last task; after = result fetch and teardown")
+    for prof, title in profiles:
+        print_profile(prof, top, title)
+
+    print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
+    header = ("measure", "dask-wren", "compared", "target", "ok")
+    verdict = {True: "yes", False: "NO", None: "-"}
+    table = [header] + [(a, b, c, d, "-" if quick else verdict[ok]) for a, b, c, d, ok in summary]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print(("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))).rstrip())
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    if quick:
+        print("  (quick run: smaller graphs, so the targets, set for the full run, are not judged)")
+    missed = [row[0] for row in summary if row[4] is False]
+    if missed and args.strict and not quick:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
