@@ -204,7 +204,7 @@ def test_intermediates_are_released_from_storage(tmp_path):
 
 
 def test_progress_bar_and_profiler():
-    from dask.diagnostics import ProgressBar, Profiler
+    from dask.diagnostics import Profiler, ProgressBar
 
     b = db.from_sequence(range(30), npartitions=6).map(inc).sum()
     out = io.StringIO()
