@@ -42,6 +42,11 @@ class Settings:
     memory_mb: int = 2048
     function_name: str = "dask-wren"
     aws_region: str | None = None
+    lambda_endpoint_url: str | None = None
+    max_concurrency: int = 1000
+    invoke_threads: int = 64
+    invoke_max_attempts: int = 20
+    lost_call_grace: float = 60.0
 
     @classmethod
     def from_config(cls, **overrides: Any) -> Settings:
@@ -94,6 +99,11 @@ _KEYS = {
     "memory_mb": "wren.local.memory-mb",
     "function_name": "wren.aws.function-name",
     "aws_region": "wren.aws.region",
+    "lambda_endpoint_url": "wren.aws.lambda-endpoint-url",
+    "max_concurrency": "wren.aws.max-concurrency",
+    "invoke_threads": "wren.aws.invoke-threads",
+    "invoke_max_attempts": "wren.aws.invoke-max-attempts",
+    "lost_call_grace": "wren.aws.lost-call-grace",
 }
 
 
