@@ -6,8 +6,9 @@ B. The scheduler's own host cost per task on large graphs over a ZERO-WORK backe
    store and a null backend that writes an "ok" result record for every call the moment it is
    invoked, so all that is left is graph preparation, placement, pickling, the monitor and the
    state machine.  Graphs: (1) independent map tasks + a fan-in-100 tree reduction, (2) a chain of
-   host (local) tasks.  Compared with ``dask.local.get_sync`` (and ``dask.threaded.get``) on the
-   same graph: for the map graph those run the trivial function in-process, the floor of host cost.
+   host (local) tasks.  Compared with ``dask.local.get_sync`` on the same graph (and, with
+   ``--threaded``, ``dask.threaded.get``): for the map graph it runs the trivial function
+   in-process, the floor of host cost.
 
 The machine may be shared and noisy: compare the ratios printed side by side, not the absolute
 figures.  ``--quick`` is a smoke run of a few seconds; ``--profile`` adds cProfile hotspots of
@@ -175,8 +176,10 @@ class NullBackend:
         self.payload = cloudpickle.dumps(None)
         self._listeners = []
         self.calls = 0
+        self.seconds = 0.0  # time spent in invoke: the records a worker would write, not the scheduler's cost
 
     def invoke(self, invocations):
+        t0 = time.perf_counter()
         payload = self.payload
         for inv in invocations:
             event = inv.event
@@ -186,6 +189,7 @@ class NullBackend:
                           "result_bytes": len(payload), "timings": {}}
                 self.storage.put(protocol.result_key(prefix, job_id, call_id), protocol.encode_result(header, payload))
             self.calls += len(inv.call_ids)
+        self.seconds += time.perf_counter() - t0
         for listener in list(self._listeners):
             listener()
 
@@ -297,56 +301,150 @@ def bench_bag(executor, n, partitions, workers, repeat):
 def null_executor():
     mem = MemoryStorage()
     backend = NullBackend(mem)
-    settings = Settings.from_config(cleanup=True)
-    return Executor(settings, storage=mem, backend=backend), mem, backend
+    return Executor(Settings.from_config(), storage=mem, backend=backend), mem, backend
 
 
-def bench_host(kind, n, profile_top):
-    """One graph of ``n`` tasks (plus reduce tasks for "map") through wren_get on the null backend,
-    then through get_sync and dask.threaded.get; rows of phase timings and the optional profile."""
-    dsk, key = map_reduce_graph(n) if kind == "map" else chain_graph(n)
-    tasks = len(dsk) - (1 if kind == "chain" else 0)
-    expected = n
-    rows = {}
+def profile_monitor_thread(executor):
+    """Profile the executor's monitor thread (cProfile sees one thread only): the thread starts
+    lazily with ``target=self._run``, so an instance attribute wrapping ``_run`` is picked up."""
+    prof = cProfile.Profile()
+    run = executor.monitor._run
+
+    def profiled_run():
+        prof.enable()
+        try:
+            run()
+        finally:
+            prof.disable()
+
+    executor.monitor._run = profiled_run
+    return prof
+
+
+def run_wren(dsk, key, expected, profile=False):
+    """One wren_get over the null backend; (phase timings, info, profiles or None)."""
     executor, mem, backend = null_executor()
-    prof = cProfile.Profile() if profile_top else None
+    profs = None
     try:
         wren = functools.partial(wren_get, executor=executor)
-        if prof is not None:
-            prof.enable()
-        out, rows["dask-wren, null backend"] = run_phased(wren, dsk, key)
-        if prof is not None:
-            prof.disable()
+        if profile:
+            profs = {"scheduling thread": cProfile.Profile(), "monitor thread": profile_monitor_thread(executor)}
+            profs["scheduling thread"].enable()
+        try:
+            out, rows = run_phased(wren, dsk, key)
+        finally:
+            if profile:
+                profs["scheduling thread"].disable()
         if out != expected:
             raise AssertionError(f"dask-wren computed {out!r}, expected {expected!r}")
-        remote_calls = backend.calls
-        requests = mem.requests
+        info = {"remote_calls": backend.calls, "backend_s": backend.seconds, "requests": mem.requests}
     finally:
         t0 = time.perf_counter()
         executor.shutdown()
-        shutdown = time.perf_counter() - t0
-    left = len(mem._data)
-    for name, get in (("dask get_sync", get_sync), ("dask threaded", dask.threaded.get)):
+        info["shutdown"] = time.perf_counter() - t0
+    info["left"] = len(mem._data)
+    return rows, info, profs
+
+
+def bench_host(kind, n, threaded):
+    """One graph of ``n`` tasks (plus reduce tasks for "map") through wren_get on the null backend,
+    then through get_sync (and dask.threaded.get)."""
+    dsk, key = map_reduce_graph(n) if kind == "map" else chain_graph(n)
+    rows = {}
+    rows["dask-wren, null backend"], info, _ = run_wren(dsk, key, n)
+    baselines = [("dask get_sync", get_sync)] + ([("dask threaded", dask.threaded.get)] if threaded else [])
+    for name, get in baselines:
         out, rows[name] = run_phased(get, dsk, key)
-        if out != expected:
-            raise AssertionError(f"{name} computed {out!r}, expected {expected!r}")
-    info = {"tasks": tasks, "remote_calls": remote_calls, "requests": requests, "shutdown": shutdown,
-            "left": left}
-    return rows, info, prof
+        if out != n:
+            raise AssertionError(f"{name} computed {out!r}, expected {n!r}")
+    info["tasks"] = len(dsk) - (1 if kind == "chain" else 0)
+    return rows, info, (dsk, key)
 
 
-def print_profile(prof, top, title):
-    print(f"\n   cProfile of {title} (with profiling on; tottime = time in the function itself)")
-    for sort in ("tottime", "cumulative"):
+# Functions whose cumulative time the profile breakdown shows: (label, file suffix, function,
+# caller file suffix or None, caller function).  A caller restricts the time to calls from it.
+_BREAKDOWN = [
+    ("wren_get (whole call)", "dask_wren/scheduler.py", "wren_get", None, None),
+    ("  convert_legacy_graph", "dask/_task_spec.py", "convert_legacy_graph", "dask_wren/scheduler.py", "wren_get"),
+    ("  cull", "dask/_task_spec.py", "cull", "dask_wren/scheduler.py", "wren_get"),
+    ("  resolve_aliases", "dask/_task_spec.py", "resolve_aliases", "dask_wren/scheduler.py", "wren_get"),
+    ("  reverse_dict(DependenciesMapping)", "dask/core.py", "reverse_dict", "dask_wren/scheduler.py", "wren_get"),
+    ("  dask.order", "dask/order.py", "order", "dask_wren/scheduler.py", "execute"),
+    ("  start_state_from_dask", "dask/local.py", "start_state_from_dask", "dask_wren/scheduler.py", "execute"),
+    ("  _Compute._fire", "dask_wren/scheduler.py", "_fire", None, None),
+    ("    _placement (incl. _marker, sizeof)", "dask_wren/scheduler.py", "_placement", None, None),
+    ("    _marker", "dask_wren/scheduler.py", "_marker", "dask_wren/scheduler.py", "_placement"),
+    ("    ThreadPoolExecutor.submit (local tasks)", "concurrent/futures/thread.py", "submit",
+     "dask_wren/scheduler.py", "_fire"),
+    ("    _submit_remote", "dask_wren/scheduler.py", "_submit_remote", None, None),
+    ("      Executor.map -> _submit", "dask_wren/executor.py", "_submit", None, None),
+    ("        shipping.pickle_payload", "dask_wren/shipping.py", "pickle_payload", None, None),
+    ("        _make_future (WrenFuture)", "dask_wren/executor.py", "_make_future", None, None),
+    ("        protocol.build_event", "lambda_worker/protocol.py", "build_event", None, None),
+    ("        json.dumps (event size check)", "json/__init__.py", "dumps", "dask_wren/executor.py", "_submit"),
+    ("        Monitor.watch", "dask_wren/monitor.py", "watch", None, None),
+    ("        NullBackend.invoke (benchmark's)", "bench_scheduler.py", "invoke", None, None),
+    ("      Future.add_done_callback", "concurrent/futures/_base.py", "add_done_callback",
+     "dask_wren/scheduler.py", "_submit_remote"),
+    ("  _Compute._completed (queue wait)", "dask_wren/scheduler.py", "_completed", None, None),
+    ("  _Compute._store", "dask_wren/scheduler.py", "_store", None, None),
+    ("  dask.local.finish_task (+ _release)", "dask/local.py", "finish_task", "dask_wren/scheduler.py", "execute"),
+    ("  _Compute._delete_released", "dask_wren/scheduler.py", "_delete_released", None, None),
+    ("monitor: Monitor._scan", "dask_wren/monitor.py", "_scan", None, None),
+    ("  storage.list (MemoryStorage)", "bench_scheduler.py", "list", None, None),
+    ("  WrenFuture._resolve", "dask_wren/futures.py", "_resolve", None, None),
+    ("    Future.set_result -> callbacks", "concurrent/futures/_base.py", "set_result", "dask_wren/futures.py",
+     "_resolve"),
+    ("      _Compute._remote_done", "dask_wren/scheduler.py", "_remote_done", None, None),
+]
+
+
+def _match(func, file_suffix, name):
+    return func[2] == name and func[0].endswith(file_suffix)
+
+
+def breakdown(profs, n):
+    """(label, calls, cumulative seconds) for each _BREAKDOWN row found in the profiles."""
+    out = []
+    merged = [pstats.Stats(p) for p in profs.values()]
+    for label, file_suffix, name, caller_file, caller_name in _BREAKDOWN:
+        calls = cum = 0.0
+        found = False
+        for stats in merged:
+            for func, (_, nc, _, ct, callers) in stats.stats.items():
+                if not _match(func, file_suffix, name):
+                    continue
+                if caller_file is None:
+                    found, calls, cum = True, calls + nc, cum + ct
+                    continue
+                for caller, (_, c_nc, _, c_ct) in callers.items():
+                    if _match(caller, caller_file, caller_name):
+                        found, calls, cum = True, calls + c_nc, cum + c_ct
+        if found:
+            out.append((label, int(calls), cum))
+    return out
+
+
+def print_profile(kind, dsk, key, expected, n, top):
+    """A separate profiled wren_get run of ``n`` tasks: breakdown of dask-wren's phases, then top functions."""
+    rows, _, profs = run_wren(dsk, key, expected, profile=True)
+    total = rows["total"]
+    print(f"\n   cProfile of {'(1) map + reduce' if kind == 'map' else '(2) chain'} graph: {n:,} tasks, {total:.2f} s with "
+          "profiling on (profiling inflates Python-heavy code ~2x: compare the rows with each other)")
+    print(f"   {'function (cumulative: includes callees)':<48} {'calls':>8} {'seconds':>8} {'us/task':>8} {'share':>6}")
+    for label, calls, cum in breakdown(profs, n):
+        print(f"   {label:<48} {calls:8,} {cum:8.2f} {cum / n * 1e6:8.1f} {cum / total:6.0%}")
+    for thread, prof in profs.items():
         buf = io.StringIO()
-        stats = pstats.Stats(prof, stream=buf)
-        stats.sort_stats(sort).print_stats(top)
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
         lines = buf.getvalue().splitlines()
-        start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
-        print(f"   -- top {top} by {sort}")
-        for line in lines[start:]:
+        first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+        print(f"   -- {thread}: top {top} functions by tottime (time in the function itself)")
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+        site = os.path.dirname(os.path.dirname(dask.__file__)) + "/"
+        for line in lines[first:]:
             if line.strip():
-                print("   " + line.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", ""))
+                print("   " + line.replace(here, "").replace(site, "").replace(os.path.dirname(os.__file__) + "/", ""))
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -366,6 +464,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=None, help="map / chain tasks in B (default 100,000)")
     parser.add_argument("--profile", action="store_true", help="print cProfile hotspots of section B's dask-wren runs")
     parser.add_argument("--top", type=int, default=25, help="functions per --profile listing (default 25)")
+    parser.add_argument("--threaded", action="store_true", help="also run dask's threaded scheduler in section B")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
@@ -375,7 +474,6 @@ def main() -> int:
     partitions = args.partitions or (200 if quick else 1000)
     items = args.items or (20_000 if quick else 100_000)
     tasks = args.tasks or (10_000 if quick else 100_000)
-    top = args.top if args.profile else 0
 
     cpus = os.cpu_count() or 1
     print(f"dask-wren scheduler benchmarks: {workers} workers, {cpus} CPUs, Python {sys.version.split()[0]}, "
@@ -406,13 +504,14 @@ def main() -> int:
 
     print(f"\nB. host cost per task over a zero-work backend (in-memory store, null backend); "
           f"target <= {TARGET_US_PER_TASK:g} us/task")
-    profiles = []
+    graphs = []
     for kind, title in (("map", f"{tasks:,} map tasks + fan-in-{FAN_IN} reduce tree"),
                         ("chain", f"chain of {tasks:,} host tasks")):
-        rows, info, prof = bench_host(kind, tasks, top)
+        rows, info, graph = bench_host(kind, tasks, args.threaded)
         n = info["tasks"]
+        graphs.append((kind, graph, n))
         print(f"   ({'1' if kind == 'map' else '2'}) {title}: {n:,} tasks"
-              + (f", {info['remote_calls']:,} of them remote calls" if kind == "map" else ""))
+              + (f", {info['remote_calls']:,} of them remote calls" if kind == "map" else ", none remote"))
         print(f"       {'':<24} {'total':>8} {'us/task':>8} {'prepare':>8} {'order':>8} {'execute':>8} {'after':>8}"
               f" {'vs sync':>8}")
         floor = rows["dask get_sync"]["total"]
@@ -421,19 +520,20 @@ def main() -> int:
                   f"{r['order']:7.2f}s {r['execute']:7.2f}s {r['after']:7.2f}s {r['total'] / floor:7.1f}x")
         wr = rows["dask-wren, null backend"]
         us = wr["total"] / n * 1e6
-        over = (wr["total"] - floor) / n * 1e6
-        print(f"       dask-wren over get_sync: {over:.1f} us/task; storage requests {info['requests']:,} "
-              f"({info['requests'] / n:.2f}/task); executor shutdown {info['shutdown']:.2f} s, "
-              f"{info['left']} objects left after cleanup")
+        own = (wr["total"] - info["backend_s"]) / n * 1e6
+        print(f"       dask-wren: {us - floor / n * 1e6:.1f} us/task over get_sync; of its {us:.1f} us/task, the null "
+              f"backend writing result records took {info['backend_s'] / n * 1e6:.1f} (scheduler + executor + "
+              f"monitor: {own:.1f})")
+        print(f"       storage requests {info['requests']:,} ({info['requests'] / n:.2f}/task); executor shutdown "
+              f"{info['shutdown']:.2f} s, {info['left']} objects left in storage")
         summary.append((f"host cost, {'map+reduce' if kind == 'map' else 'chain'} {n:,} tasks", f"{us:.1f} us/task",
-                        f"{wr['total'] / floor:.1f}x get_sync", f"<= {TARGET_US_PER_TASK:g} us",
-                        us <= TARGET_US_PER_TASK))
-        if prof is not None:
-            profiles.append((prof, title))
-    print("   phases (dask callbacks): prepare = convert/cull/resolve aliases (+ executor setup); order = dask.order "
-          "+ start_state; execute = the state machine to the last task; after = result fetch and teardown")
-    for prof, title in profiles:
-        print_profile(prof, top, title)
+                        f"{wr['total'] / floor:.1f}x get_sync ({floor / n * 1e6:.0f} us/task)",
+                        f"<= {TARGET_US_PER_TASK:g} us", us <= TARGET_US_PER_TASK))
+    print("   phases, from dask's scheduler callbacks: prepare = convert_legacy_graph (+ cull, resolve_aliases for "
+          "dask-wren); order = dask.order + start_state_from_dask; execute = to the last task; after = to the return")
+    if args.profile:
+        for kind, (dsk, key), n in graphs:
+            print_profile(kind, dsk, key, tasks, n, args.top)
 
     print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
     header = ("measure", "dask-wren", "compared", "target", "ok")

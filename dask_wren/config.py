@@ -70,6 +70,11 @@ class Settings:
             raise ValueError(f"wren.backend must be 'local' or 'aws', not {self.backend!r}")
         if self.storage not in ("local", "s3"):
             raise ValueError(f"wren.storage.kind must be 'local' or 's3', not {self.storage!r}")
+        if self.backend == "aws" and self.storage != "s3":
+            raise ValueError(
+                "the aws backend needs S3 storage: set wren.storage.kind to 's3' and wren.storage.bucket "
+                "(`dask-wren deploy` writes both), or pass storage='s3', bucket=..."
+            )
         if self.storage == "s3" and not self.bucket:
             raise ValueError("S3 storage needs a bucket: set wren.storage.bucket (or bucket=...)")
         if not self.timeout or self.timeout <= 0:

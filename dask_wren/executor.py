@@ -188,9 +188,15 @@ class Executor:
     def _make_future(self, job_id: str, call_id: str) -> WrenFuture:
         f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
         f._on_cancel = self._cancel
+        f.add_done_callback(self._call_done)
         with self._lock:
             self._futures.append(f)
         return f
+
+    def _call_done(self, future: WrenFuture) -> None:
+        request_id = future.stats.get("request_id_sent")
+        if request_id is not None:
+            self.backend.call_done(request_id, future.call_id)
 
     def _cancel(self, future: WrenFuture) -> None:
         self.monitor.forget(future.job_id, future.call_id)
@@ -284,5 +290,5 @@ def local_executor(**overrides: Any) -> Executor:
 
 
 def lambda_executor(**overrides: Any) -> Executor:
-    """An executor on AWS Lambda with S3 storage."""
-    return default_executor(**{**overrides, "backend": "aws"})
+    """An executor on AWS Lambda with S3 storage (the bucket from config or ``bucket=``)."""
+    return default_executor(**{"storage": "s3", **overrides, "backend": "aws"})

@@ -140,7 +140,10 @@ class _CallRunner:
         self.header["status"] = status
         self.header["timings"]["worker_result_write"] = time.time()
         self.header["storage_requests"] = self.requests + 1
-        self.storage.put(self.key, protocol.encode_result(self.header, payload))
+        # First writer wins: a duplicate delivery of the same call (async Lambda is at-least-once)
+        # leaves the first result in place.
+        if not self.storage.put_if_absent(self.key, protocol.encode_result(self.header, payload)):
+            return "duplicate"
         return status
 
     def fail(self, kind: str, message: str, exc: BaseException | None = None) -> str:

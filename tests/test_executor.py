@@ -154,5 +154,7 @@ def test_settings_from_environment_variables(tmp_path):
 
 
 def test_lambda_executor_says_what_is_missing():
-    with pytest.raises(dask_wren.BackendError, match="aws"):
+    with pytest.raises(ValueError, match="bucket"):
         dask_wren.lambda_executor()
+    with pytest.raises(ValueError, match="needs S3 storage"):
+        dask_wren.default_executor(backend="aws", storage="local")

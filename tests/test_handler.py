@@ -71,10 +71,20 @@ def test_second_invocation_is_warm_and_reuses_the_function(tmp_path):
     store = LocalStorage(str(tmp_path))
     event = make_event(store, env_value, ["X"])
     handler.lambda_handler(event, FakeContext())
+    store.delete([protocol.result_key("t", "job1", protocol.call_id_for(0))])
     handler.lambda_handler(event, FakeContext())
     header, _ = read(store, 0)
     assert header["timings"]["worker_cold"] is False
     assert header["storage_requests"] == 2  # function cached while warm: range read + write
+
+
+def test_a_duplicate_delivery_keeps_the_first_result(tmp_path):
+    store = LocalStorage(str(tmp_path))
+    event = make_event(store, env_value, ["HOME"])
+    assert handler.lambda_handler(event, FakeContext())["statuses"] == {"ok": 1}
+    first = store.get(protocol.result_key("t", "job1", protocol.call_id_for(0)))
+    assert handler.lambda_handler(event, FakeContext())["statuses"] == {"duplicate": 1}
+    assert store.get(protocol.result_key("t", "job1", protocol.call_id_for(0))) == first
 
 
 def test_extra_env_is_restored_even_when_the_call_fails(tmp_path, monkeypatch):

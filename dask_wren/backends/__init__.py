@@ -13,9 +13,6 @@ def make_backend(settings: Settings) -> Backend:
         from dask_wren.backends.local import shared_local_backend
 
         return shared_local_backend(settings.workers, settings.memory_mb)
-    from dask_wren.errors import BackendError
+    from dask_wren.backends.aws import AWSLambdaBackend
 
-    raise BackendError(
-        "the 'aws' backend (AWS Lambda) is not part of this dask-wren build yet; "
-        "use backend='local' (the default) meanwhile"
-    )
+    return AWSLambdaBackend(settings)

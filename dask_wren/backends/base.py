@@ -32,6 +32,9 @@ class Backend(Protocol):
     def cancel(self, request_id: str, call_id: str) -> None:
         """Best effort: drop the call if it has not started, stop it if it is running alone."""
 
+    def call_done(self, request_id: str, call_id: str) -> None:
+        """The call's result has been seen (backends that count calls in flight use this)."""
+
     def add_progress_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` is called whenever results may have appeared (a hint, not a promise)."""
 

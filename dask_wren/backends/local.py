@@ -151,6 +151,9 @@ class LocalBackend:
     def cancel(self, request_id: str, call_id: str) -> None:
         self._post(("cancel", request_id, call_id))
 
+    def call_done(self, request_id: str, call_id: str) -> None:
+        """Nothing to do: the pool knows when its workers finish."""
+
     def add_progress_listener(self, listener: Callable[[], None]) -> None:
         with self._lock:
             self._listeners.append(listener)

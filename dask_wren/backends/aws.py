@@ -1,0 +1,282 @@
+"""The AWS backend: asynchronous AWS Lambda invocations through boto3; data through S3.
+
+What AWS asks of a client, and where it is handled:
+- throttling (HTTP 429 ``TooManyRequestsException``): the Lambda client runs botocore's
+  ``adaptive`` retry mode, which backs off with jitter and learns a client-side send rate;
+- scale-up: AWS adds at most 1,000 execution environments per 10 s per function, so the calls in
+  flight may grow by a burst of ``_BURST`` and then ``_RAMP_PER_S`` per second, never above
+  ``wren.aws.max-concurrency``; a call stops counting once its result is in;
+- at-least-once delivery: a duplicate run finds its result record already written (records are
+  first-writer-wins) and the monitor counts each call once;
+- a lost call (an invoke that failed for good, or a result that never came within the call's
+  timeout plus ``wren.aws.lost-call-grace``) gets a failure record written here, so no future
+  waits forever;
+- before the first invoke, a preflight reads the function's configuration: it must exist and
+  record (at deploy time) the same Python minor, cloudpickle, dask and protocol versions as here.
+
+State (guarded by ``_cond``):
+    queue      invocations accepted, not yet sent
+    in_flight  request id -> (invocation, calls without a result yet, deadline)
+    ceiling    how many calls may be in flight now (the ramp)
+Sender threads take from ``queue`` while the calls in flight stay under the ceiling; a watchdog
+thread writes records for lost calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from dask_wren.backends.base import Invocation, write_failure_records
+from dask_wren.config import Settings
+from dask_wren.errors import BackendError, VersionMismatchError
+from lambda_worker import protocol, serialize
+
+_BURST = 1000
+_RAMP_PER_S = 100.0
+FAIL_LOST = "lost"
+FAIL_INVOKE = "invoke"
+
+
+def host_versions() -> dict[str, str]:
+    """What the deployed runtime must match; ``dask-wren deploy`` records the same names."""
+    import dask
+
+    v = serialize.runtime_versions()
+    return {
+        "DASK_WREN_PYTHON": v["python"],
+        "DASK_WREN_CLOUDPICKLE": v["cloudpickle"],
+        "DASK_WREN_DASK": dask.__version__,
+        "DASK_WREN_PROTOCOL": str(protocol.PROTOCOL_VERSION),
+    }
+
+
+class AWSLambdaBackend:
+    def __init__(self, settings: Settings, client: Any = None):
+        self.function_name = settings.function_name
+        self.region = settings.aws_region or settings.region
+        self.max_concurrency = settings.max_concurrency
+        self.grace = settings.lost_call_grace
+        self.client = client or boto3.session.Session().client(
+            "lambda",
+            region_name=self.region,
+            endpoint_url=settings.lambda_endpoint_url,
+            config=botocore.config.Config(
+                retries={"mode": "adaptive", "max_attempts": settings.invoke_max_attempts},
+                max_pool_connections=settings.invoke_threads,
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+        self._threads_wanted = settings.invoke_threads
+        self._cond = threading.Condition()
+        self._queue: deque[Invocation] = deque()
+        self._in_flight: dict[str, list[Any]] = {}  # request id -> [invocation, calls left, deadline]
+        self._n_in_flight = 0
+        self._ramp_start: float | None = None
+        self._threads: list[threading.Thread] = []
+        self._listeners: list[Callable[[], None]] = []
+        self._checked = False
+        self._closed = False
+        self.sent = 0  # invoke requests accepted by Lambda (for diagnostics and benchmarks)
+
+    # -- the Backend protocol -----------------------------------------------------------------
+
+    def invoke(self, invocations: list[Invocation]) -> None:
+        if not self._checked:
+            self.preflight()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this AWS backend has been shut down")
+            self._queue.extend(invocations)
+            self._start_threads()
+            self._cond.notify_all()
+
+    def cancel(self, request_id: str, call_id: str) -> None:
+        """Drop a call that has not been sent; a sent one runs, and its result is ignored."""
+        with self._cond:
+            for inv in self._queue:
+                if inv.request_id == request_id:
+                    inv.cancelled.add(call_id)
+                    if inv.cancelled >= set(inv.call_ids):
+                        self._queue.remove(inv)
+                    elif "calls" in inv.event:
+                        inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
+                    return
+            entry = self._in_flight.get(request_id)
+            if entry is not None:
+                entry[0].cancelled.add(call_id)
+        self.call_done(request_id, call_id)
+
+    def call_done(self, request_id: str, call_id: str) -> None:
+        """A call's result is in (or it no longer matters): it stops counting as in flight."""
+        with self._cond:
+            entry = self._in_flight.get(request_id)
+            if entry is None or call_id not in entry[1]:
+                return
+            entry[1].discard(call_id)
+            self._n_in_flight -= 1
+            if not entry[1]:
+                del self._in_flight[request_id]
+            self._cond.notify_all()
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._cond:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._cond:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    # -- preflight ----------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Check the deployed function before the first invoke; raise one actionable error."""
+        try:
+            config = self.client.get_function_configuration(FunctionName=self.function_name)
+        except botocore.exceptions.NoCredentialsError:
+            raise BackendError(
+                "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "or run `aws configure`"
+            ) from None
+        except botocore.exceptions.ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise BackendError(
+                    f"the Lambda function {self.function_name!r} does not exist in region {self.region or 'default'}: "
+                    "deploy it with `dask-wren deploy`, or set wren.aws.function-name / wren.aws.region"
+                ) from None
+            if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"):
+                raise BackendError(
+                    f"AWS refused to describe the Lambda function {self.function_name!r} ({code}): the credentials "
+                    "in use lack lambda:GetFunctionConfiguration / lambda:InvokeFunction on it, or are invalid"
+                ) from None
+            raise BackendError(f"could not check the Lambda function {self.function_name!r}: {e}") from None
+        except botocore.exceptions.EndpointConnectionError as e:
+            raise BackendError(f"cannot reach the Lambda endpoint: {e}") from None
+        recorded = (config.get("Environment") or {}).get("Variables") or {}
+        mine = host_versions()
+        problems = [
+            f"{name.removeprefix('DASK_WREN_').lower()}: deployed {recorded.get(name, 'unknown')}, here {value}"
+            for name, value in mine.items()
+            if recorded.get(name) != value
+        ]
+        if problems:
+            raise VersionMismatchError(
+                f"the Lambda function {self.function_name!r} was deployed for other versions ("
+                + "; ".join(problems)
+                + "). Pickled functions only cross between equal versions: redeploy from this environment "
+                "with `dask-wren deploy`, or install the deployed versions here."
+            )
+        state = config.get("State", "Active")
+        if state not in ("Active", None):
+            raise BackendError(f"the Lambda function {self.function_name!r} is {state}, not Active; try again shortly")
+        self._checked = True
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
+        for i in range(self._threads_wanted):
+            t = threading.Thread(target=self._sender, name=f"dask-wren-invoke-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        w = threading.Thread(target=self._watchdog, name="dask-wren-lost-calls", daemon=True)
+        w.start()
+        self._threads.append(w)
+
+    def _ceiling(self, now: float) -> int:
+        if self._ramp_start is None:
+            self._ramp_start = now
+        if self._n_in_flight == 0 and not self._queue:
+            self._ramp_start = now  # idle: the next burst starts afresh
+        ramp = _BURST + _RAMP_PER_S * (now - self._ramp_start)
+        return int(min(self.max_concurrency, ramp))
+
+    def _take(self) -> Invocation | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._queue:
+                    inv = self._queue[0]
+                    calls = len(inv.call_ids) - len(inv.cancelled)
+                    if self._n_in_flight == 0 or self._n_in_flight + calls <= self._ceiling(time.monotonic()):
+                        self._queue.popleft()
+                        live = set(inv.call_ids) - inv.cancelled
+                        self._in_flight[inv.request_id] = [inv, live, None]
+                        self._n_in_flight += len(live)
+                        return inv
+                    self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
+                else:
+                    self._cond.wait()
+
+    def _sender(self) -> None:
+        while True:
+            inv = self._take()
+            if inv is None:
+                return
+            try:
+                response = self.client.invoke(
+                    FunctionName=self.function_name,
+                    InvocationType="Event",
+                    Payload=json.dumps(inv.event).encode(),
+                )
+                if response.get("StatusCode") != 202:
+                    raise BackendError(f"Lambda answered {response.get('StatusCode')} to an async invoke")
+            except Exception as e:  # after botocore's retries: this invocation will not run
+                self._lost(inv, FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
+                continue
+            with self._cond:
+                self.sent += 1
+                entry = self._in_flight.get(inv.request_id)
+                if entry is not None:
+                    entry[2] = time.monotonic() + inv.timeout + self.grace
+
+    def _lost(self, inv: Invocation, kind: str, message: str) -> None:
+        try:
+            write_failure_records(inv, kind, message)
+        finally:
+            with self._cond:
+                entry = self._in_flight.pop(inv.request_id, None)
+                if entry is not None:
+                    self._n_in_flight -= len(entry[1])
+                listeners = list(self._listeners)
+                self._cond.notify_all()
+            for listener in listeners:
+                listener()
+
+    def _watchdog(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                overdue = [e[0] for e in self._in_flight.values() if e[2] is not None and now > e[2]]
+                self._cond.wait(timeout=1.0)
+            for inv in overdue:
+                self._lost(
+                    inv,
+                    FAIL_LOST,
+                    f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s: the Lambda "
+                    f"invocation was lost (dropped after retries, or its worker died); see CloudWatch log group "
+                    f"/aws/lambda/{self.function_name}",
+                )

@@ -1,0 +1,150 @@
+"""The AWS Lambda backend against a fake Lambda client (the full path runs in test_aws_standin)."""
+
+import json
+import threading
+
+import botocore.exceptions
+import pytest
+
+import dask_wren
+from dask_wren.backends.aws import AWSLambdaBackend, host_versions
+from dask_wren.config import Settings
+from dask_wren.executor import Executor
+from lambda_worker.handler import lambda_handler
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeLambda:
+    """Speaks the two Lambda calls the backend makes; runs the real handler in a thread."""
+
+    def __init__(self, versions=None, drop=(), fail_invoke=False, missing=False):
+        self.versions = dict(host_versions() if versions is None else versions)
+        self.drop = set(drop)
+        self.fail_invoke = fail_invoke
+        self.missing = missing
+        self.invoked = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.release.set()
+
+    def get_function_configuration(self, FunctionName):
+        if self.missing:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "Function not found"}}, "GetFunctionConfiguration"
+            )
+        return {"FunctionName": FunctionName, "State": "Active", "Environment": {"Variables": self.versions}}
+
+    def invoke(self, FunctionName, InvocationType, Payload):
+        assert InvocationType == "Event"
+        event = json.loads(Payload)
+        if self.fail_invoke:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "TooManyRequestsException", "Message": "Rate Exceeded."}}, "Invoke"
+            )
+        with self.lock:
+            self.invoked.append(event)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        calls = {c["id"] for c in event.get("calls", [])}
+        if not calls & self.drop:
+            threading.Thread(target=self._run, args=(event,), daemon=True).start()
+        return {"StatusCode": 202}
+
+    def _run(self, event):
+        self.release.wait(30)
+        with self.lock:
+            self.in_flight -= 1
+        lambda_handler(event, None)
+
+
+def make(tmp_path, client, **aws):
+    base = Settings.from_config(storage_dir=str(tmp_path), timeout=5)
+    backend = AWSLambdaBackend(base.replace(backend="aws", **aws), client=client)
+    return Executor(base, backend=backend), backend
+
+
+def square(x):
+    return x * x
+
+
+def test_map_through_async_invokes(tmp_path):
+    client = FakeLambda()
+    ex, backend = make(tmp_path, client)
+    with ex:
+        assert dask_wren.get_all_results(ex.map(square, range(20))) == [i * i for i in range(20)]
+        assert ex.reduce(sum, ex.map(square, range(4))).result() == 14
+    assert backend.sent == 20 + 4 + 1
+    backend.shutdown()
+
+
+def test_preflight_errors_are_actionable(tmp_path):
+    ex, _ = make(tmp_path, FakeLambda(missing=True))
+    with pytest.raises(dask_wren.BackendError, match="dask-wren deploy"):
+        ex.map(square, [1])
+    versions = dict(host_versions(), DASK_WREN_PYTHON="3.9", DASK_WREN_CLOUDPICKLE="2.0.0")
+    ex, _ = make(tmp_path, FakeLambda(versions=versions))
+    with pytest.raises(dask_wren.VersionMismatchError, match="python: deployed 3.9") as info:
+        ex.map(square, [1])
+    assert "cloudpickle: deployed 2.0.0" in str(info.value) and "dask-wren deploy" in str(info.value)
+
+
+def test_no_credentials_is_one_clear_error(tmp_path, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    ex, _ = make(tmp_path, None, aws_region="us-east-1")
+    with pytest.raises(dask_wren.BackendError, match="no AWS credentials"):
+        ex.map(square, [1])
+
+
+def test_an_invoke_that_fails_for_good_fails_its_calls(tmp_path):
+    ex, _ = make(tmp_path, FakeLambda(fail_invoke=True))
+    with ex:
+        f = ex.call_async(square, 3)
+        with pytest.raises(dask_wren.WrenError, match="invoke request to Lambda failed"):
+            f.result(timeout=30)
+
+
+def test_a_lost_call_fails_after_its_timeout_and_grace(tmp_path):
+    client = FakeLambda(drop={"000001"})
+    ex, _ = make(tmp_path, client, lost_call_grace=0.5)
+    with ex:
+        futures = ex.map(square, [1, 2, 3], timeout=1)
+        assert futures[0].result() == 1 and futures[2].result() == 9
+        with pytest.raises(dask_wren.WrenError, match="no result within the call's timeout"):
+            futures[1].result(timeout=30)
+
+
+def test_concurrency_cap_holds_calls_back(tmp_path):
+    client = FakeLambda()
+    client.release.clear()
+    ex, backend = make(tmp_path, client, max_concurrency=3)
+    with ex:
+        futures = ex.map(square, range(10))
+        # three invocations are out; the rest wait for results to free room
+        deadline = threading.Event()
+        for _ in range(200):
+            if len(client.invoked) >= 3:
+                break
+            deadline.wait(0.01)
+        assert len(client.invoked) == 3
+        client.release.set()
+        assert dask_wren.get_all_results(futures) == [i * i for i in range(10)]
+    assert client.max_in_flight <= 3
+
+
+def test_cancel_a_call_not_yet_sent(tmp_path):
+    client = FakeLambda()
+    client.release.clear()
+    ex, _ = make(tmp_path, client, max_concurrency=1)
+    with ex:
+        futures = ex.map(square, range(3))
+        assert futures[2].cancel()
+        client.release.set()
+        assert [futures[0].result(), futures[1].result()] == [0, 1]
+    assert {c["id"] for e in client.invoked for c in e["calls"]} == {"000000", "000001"}
