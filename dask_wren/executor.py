@@ -26,6 +26,7 @@ from lambda_worker.storage import Storage
 
 #: An event larger than this keeps its call list in storage (Lambda's async limit is 256 KiB).
 MAX_EVENT_BYTES = 200 * 1024
+_MAX_CALL_JSON = 80  # bytes of one call's entry in the event, at most (id and two integers)
 
 
 class Executor:
@@ -47,7 +48,9 @@ class Executor:
         self._futures: list[WrenFuture] = []
         self._lock = threading.Lock()
         self._closed = False
-        self.monitor = Monitor(self.storage, self.settings.poll_interval, self.settings.result_inline_limit)
+        self.monitor = Monitor(
+            self.storage, self.settings.poll_interval, self.settings.result_inline_limit, on_resolved=self._call_done
+        )
         self._listener = self.monitor.wake
         self.backend.add_progress_listener(self._listener)
         self._host_versions = serialize.runtime_versions()
@@ -188,7 +191,6 @@ class Executor:
     def _make_future(self, job_id: str, call_id: str) -> WrenFuture:
         f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
         f._on_cancel = self._cancel
-        f.add_done_callback(self._call_done)
         with self._lock:
             self._futures.append(f)
         return f
@@ -227,6 +229,7 @@ class Executor:
         self.storage.put(protocol.args_key(prefix, job_id), b"".join(payload.args))
         spec = self.storage.spec()
         invocations = []
+        base_size = None
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]
             calls = [{"id": c, "range": list(ranges[i])} for i, c in enumerate(ids, start)]
@@ -235,7 +238,10 @@ class Executor:
                 extra_env=env, host_versions=self._host_versions,
                 output_tail=self.settings.output_tail, submitted=submitted,
             )
-            if len(json.dumps(event)) > MAX_EVENT_BYTES:
+            if base_size is None:
+                base_size = len(json.dumps(dict(event, calls=[])))
+            # Measure exactly only when a generous bound per call does not settle it.
+            if base_size + _MAX_CALL_JSON * len(calls) > MAX_EVENT_BYTES and len(json.dumps(event)) > MAX_EVENT_BYTES:
                 key = protocol.calls_key(prefix, job_id, n)
                 self.storage.put(key, json.dumps(calls).encode())
                 event.pop("calls")

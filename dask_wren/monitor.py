@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dask_wren.futures import WrenFuture
@@ -36,8 +37,15 @@ class _Watched:
 
 
 class Monitor:
-    def __init__(self, storage: Storage, poll_interval: float, inline_limit: int):
+    def __init__(
+        self,
+        storage: Storage,
+        poll_interval: float,
+        inline_limit: int,
+        on_resolved: Callable[[WrenFuture], None] | None = None,
+    ):
         self.storage = storage
+        self.on_resolved = on_resolved
         self.poll_interval = poll_interval
         self.inline_limit = inline_limit
         self._jobs: dict[str, _Watched] = {}
@@ -139,6 +147,8 @@ class Monitor:
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)
+            if self.on_resolved is not None:
+                self.on_resolved(future)
         with self._lock:
             if not job.futures and self._jobs.get(job_id) is job:
                 del self._jobs[job_id]

@@ -226,7 +226,7 @@ class _Compute:
 
     def _fire(self, state, pretask_cbs) -> None:
         ready, cache, deps_of = state["ready"], state["cache"], state["dependencies"]
-        batch = []
+        batch, here = [], []
         while ready:
             key = ready.pop()
             state["running"].add(key)
@@ -238,12 +238,16 @@ class _Compute:
                 continue
             deps = deps_of[key]
             if self._placement(key, node, deps, cache) == LOCAL:
-                inputs = {d: cache[d] for d in deps}
-                self._local_pool().submit(self._run_local, key, node, inputs)
+                here.append((key, node, {d: cache[d] for d in deps}))
             else:
                 batch.append(key)
         if batch:
             self._submit_remote(batch, cache, deps_of)
+        if len(here) == 1 and len(state["running"]) == 1:
+            self._run_local(*here[0])  # nothing else to overlap with: skip the thread hand-off
+        else:
+            for task in here:
+                self._local_pool().submit(self._run_local, *task)
 
     def _placement(self, key, node, deps, cache) -> str:
         forced = self.annotations.get(key) or _marker(node)

@@ -20,23 +20,46 @@ import sys
 import tempfile
 import threading
 import types
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from dask_wren.errors import SerializationError
-from lambda_worker.serialize import PROTOCOL
+from lambda_worker.serialize import PROTOCOL, shared_function
 
 _register_lock = threading.Lock()
 
 
-class _ModuleRecorder(cloudpickle.Pickler):
-    """A cloudpickle pickler that notes the module of every function, class and module it meets."""
+class _SharedFunctions:
+    """The functions a job's arguments refer to, each pickled once (into ``func.pkl``).
 
-    def __init__(self, file: io.BytesIO, modules: set[str]):
+    Dask tasks carry their functions: without this, a function defined in ``__main__`` would be
+    pickled by value again inside every one of thousands of task arguments.
+    """
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex
+        self.functions: list[Any] = []
+        self._index: dict[int, int] = {}
+
+    def index(self, func: Any) -> int:
+        i = self._index.get(id(func))
+        if i is None:
+            i = self._index[id(func)] = len(self.functions)
+            self.functions.append(func)
+        return i
+
+
+class _ModuleRecorder(cloudpickle.Pickler):
+    """A cloudpickle pickler that notes the module of every function, class and module it meets,
+    and, given a ``_SharedFunctions``, replaces functions by references into it."""
+
+    def __init__(self, file: io.BytesIO, modules: set[str], shared: _SharedFunctions | None = None):
         super().__init__(file, protocol=PROTOCOL)
         self._modules = modules
+        self._shared = shared
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.ModuleType):
@@ -45,12 +68,14 @@ class _ModuleRecorder(cloudpickle.Pickler):
             mod = getattr(obj, "__module__", None)
             if isinstance(mod, str):
                 self._modules.add(mod)
+            if self._shared is not None and type(obj) is types.FunctionType and obj is not shared_function:
+                return shared_function, (self._shared.token, self._shared.index(obj))
         return super().reducer_override(obj)
 
 
-def _dump(obj: Any, modules: set[str]) -> bytes:
+def _dump(obj: Any, modules: set[str], shared: _SharedFunctions | None = None) -> bytes:
     buf = io.BytesIO()
-    _ModuleRecorder(buf, modules).dump(obj)
+    _ModuleRecorder(buf, modules, shared).dump(obj)
     return buf.getvalue()
 
 
@@ -122,7 +147,11 @@ def needs_shipping(name: str) -> bool:
 
 
 class PickledPayload:
-    """A function and its arguments pickled consistently, with the modules shipped by value."""
+    """A job's function and arguments pickled consistently, with the modules shipped by value.
+
+    ``func`` unpickles (``lambda_worker.serialize.load_job_function``) to the function, plus the
+    table of functions that the arguments refer to.
+    """
 
     def __init__(self, func: bytes, args: list[bytes], shipped: list[str]):
         self.func = func
@@ -153,8 +182,12 @@ def pickle_payload(
                 for m in sorted(ship):
                     cloudpickle.register_pickle_by_value(sys.modules[m])
                     registered.append(m)
-                func_bytes = _dump_named(func, seen, _describe_func(func))
-                arg_bytes = [_dump_named(a, seen, f"argument {i} ({type(a).__name__})") for i, a in enumerate(args)]
+                shared = _SharedFunctions()
+                arg_bytes = [
+                    _dump_named(a, seen, f"argument {i} ({type(a).__name__})", shared) for i, a in enumerate(args)
+                ]
+                job_function = (func, shared.token, shared.functions)
+                func_bytes = _dump_named(job_function, seen, _describe_func(func))
             finally:
                 for m in registered:
                     cloudpickle.unregister_pickle_by_value(sys.modules[m])
@@ -170,9 +203,9 @@ def _describe_func(func: Any) -> str:
     return f"function {name!r}"
 
 
-def _dump_named(obj: Any, seen: set[str], what: str) -> bytes:
+def _dump_named(obj: Any, seen: set[str], what: str, shared: _SharedFunctions | None = None) -> bytes:
     try:
-        return _dump(obj, seen)
+        return _dump(obj, seen, shared)
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as e:
         raise SerializationError(
             f"cannot serialize the {what}: {type(e).__name__}: {e}. Everything sent to a worker "

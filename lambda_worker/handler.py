@@ -159,14 +159,16 @@ class _CallRunner:
     def _load_function(self) -> Any:
         key = protocol.func_key(self.event["prefix"], self.event["job_id"])
         cache_key = (repr(sorted(self.event["storage"].items())), key)
-        func = _func_cache.get(cache_key)
-        if func is None:
+        job_function = _func_cache.get(cache_key)
+        if job_function is None:
             data = self.storage.get(key)
             self.requests += 1
-            func = serialize.loads(data)
+            job_function = serialize.load_job_function(data)
             if len(_func_cache) >= _FUNC_CACHE_MAX:
                 _func_cache.pop(next(iter(_func_cache)))
-            _func_cache[cache_key] = func
+            _func_cache[cache_key] = job_function
+        func, token, functions = job_function
+        serialize.use_function_table(token, functions)
         return func
 
     def _load_argument(self) -> Any:

@@ -26,6 +26,31 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+#: The function table of the job whose arguments are being unpickled (see dask_wren.shipping):
+#: token -> functions.  The handler registers a job's table before unpickling its arguments.
+_SHARED: dict[str, list[Any]] = {}
+
+
+def shared_function(token: str, index: int) -> Any:
+    """Unpickling hook: function ``index`` of the job table ``token``."""
+    try:
+        return _SHARED[token][index]
+    except KeyError:
+        raise RuntimeError(f"function table {token} was not loaded before the arguments that use it") from None
+
+
+def load_job_function(data: bytes) -> tuple[Any, str, list[Any]]:
+    """Unpickle a job's ``func.pkl``: the function, its table's token and the table."""
+    return loads(data)
+
+
+def use_function_table(token: str, functions: list[Any]) -> None:
+    """Make ``token``'s table the one argument unpickling resolves against (one job at a time)."""
+    if token not in _SHARED:
+        _SHARED.clear()
+        _SHARED[token] = functions
+
+
 def runtime_versions() -> dict[str, str]:
     """What must match between host and worker for pickles to cross: Python minor, cloudpickle."""
     return {

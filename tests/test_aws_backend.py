@@ -1,4 +1,4 @@
-"""The AWS Lambda backend against a fake Lambda client (the full path runs in test_aws_standin)."""
+"""The AWS Lambda backend against a fake Lambda client (the full path runs in test_standin)."""
 
 import json
 import threading

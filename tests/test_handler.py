@@ -31,7 +31,7 @@ def env_value(name):
 
 def make_event(store, func, args, *, extra_env=None, host_versions=None, **kw):
     prefix, job = "t", "job1"
-    store.put(protocol.func_key(prefix, job), serialize.dumps(func))
+    store.put(protocol.func_key(prefix, job), serialize.dumps((func, "no-shared-functions", [])))
     blobs = [serialize.dumps(a) for a in args]
     store.put(protocol.args_key(prefix, job), b"".join(blobs))
     calls, offset = [], 0

@@ -95,3 +95,13 @@ def test_a_handler_that_cannot_write_results_fails_its_calls_instead_of_hanging(
                 ex.call_async(quick, 1).result(timeout=30)
     finally:
         backend.shutdown()
+
+
+def test_failure_records_that_cannot_be_written_do_not_stop_the_pool(tmp_path, capsys):
+    from dask_wren.backends.base import Invocation, write_failure_records
+
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("a file where the store's directory should be")
+    event = {"storage": {"kind": "local", "root": str(blocked)}, "prefix": "p", "job_id": "j"}
+    write_failure_records(Invocation("r1", event, ["000000"], 1.0), "worker_died", "gone")  # does not raise
+    assert "could not record the failure of r1" in capsys.readouterr().err

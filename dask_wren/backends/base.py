@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,18 @@ class Backend(Protocol):
 
 
 def write_failure_records(inv: Invocation, kind: str, message: str) -> None:
-    """Record a failure for every call of ``inv`` that has no result yet (first writer wins)."""
+    """Record a failure for every call of ``inv`` that has no result yet (first writer wins).
+
+    Never raises: it runs on backend threads that must keep going.  If the store cannot be
+    written, it cannot be listed either, and the monitor fails the futures with that error.
+    """
+    try:
+        _write_failure_records(inv, kind, message)
+    except Exception as e:
+        print(f"dask-wren: could not record the failure of {inv.request_id} ({message}): {e}", file=sys.stderr)
+
+
+def _write_failure_records(inv: Invocation, kind: str, message: str) -> None:
     event = inv.event
     storage = storage_from_spec(event["storage"])
     now = time.time()

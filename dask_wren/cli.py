@@ -1,0 +1,189 @@
+"""The ``dask-wren`` command: ``deploy``, ``destroy`` and ``test``.
+
+``main(argv)`` returns the exit code.  An error the user can cause (no credentials, no region,
+access denied, a bad option) ends in one ``dask-wren: error: ...`` line on stderr and exit code 1;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dask_wren.deploy import MAX_TIMEOUT, DeployError, DeployOptions, DestroyOptions, user_error_message
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dask-wren", description="Run Python functions and Dask graphs on AWS Lambda (the cloud button)."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--function-name", help="Lambda function (default: wren.aws.function-name, 'dask-wren')")
+        p.add_argument("--bucket", help="S3 bucket (default: dask-wren-<account id>-<region>)")
+        p.add_argument("--region", help="AWS region (default: the boto3 session's region)")
+        p.add_argument("--endpoint-url", help="endpoint for every AWS client (moto server, LocalStack)")
+        p.add_argument(
+            "--config-file", type=Path, help="settings file (default: ~/.config/dask/wren.yaml, or $DASK_CONFIG)"
+        )
+        p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+
+    d = sub.add_parser("deploy", help="create or update the function, its role, layer and bucket (idempotent)")
+    common(d)
+    d.add_argument("--prefix", help="key prefix in the bucket (default: wren.storage.prefix, 'dask-wren')")
+    d.add_argument("--memory", type=int, default=2048, help="function memory in MB (default 2048)")
+    d.add_argument("--timeout", type=int, default=300, help=f"function timeout in s (default 300, max {MAX_TIMEOUT})")
+    d.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64", help="function architecture")
+    d.add_argument("--expire-days", type=int, default=7, help="days before objects under the prefix expire (7)")
+    d.add_argument("--layer-zip", type=Path, help="use this prebuilt runtime layer zip instead of building one")
+
+    x = sub.add_parser("destroy", help="delete the function, its layer versions and role (bucket: --delete-bucket)")
+    common(x)
+    x.add_argument("--delete-bucket", action="store_true", help="also empty and delete the bucket")
+    x.add_argument("--yes", action="store_true", help="really delete (required unless --dry-run)")
+
+    t = sub.add_parser("test", help="run a hello-world map on the deployed function and print timings")
+    t.add_argument("--calls", type=int, default=10, help="number of calls (default 10)")
+    t.add_argument("--function-name", help="function to call (default: from the settings)")
+    t.add_argument("--timeout", type=float, default=60, help="seconds a call may take (default 60)")
+    t.add_argument("--config-file", type=Path, help="read the settings from this file too")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "deploy":
+            from dask_wren.deploy import deploy
+
+            deploy(
+                DeployOptions(
+                    function_name=args.function_name,
+                    bucket=args.bucket,
+                    region=args.region,
+                    prefix=args.prefix,
+                    memory=args.memory,
+                    timeout=args.timeout,
+                    arch=args.arch,
+                    expire_days=args.expire_days,
+                    config_file=args.config_file,
+                    endpoint_url=args.endpoint_url,
+                    layer_zip=args.layer_zip,
+                    dry_run=args.dry_run,
+                )
+            )
+            return 0
+        if args.command == "destroy":
+            from dask_wren.deploy import destroy
+
+            destroy(
+                DestroyOptions(
+                    function_name=args.function_name,
+                    bucket=args.bucket,
+                    region=args.region,
+                    delete_bucket=args.delete_bucket,
+                    endpoint_url=args.endpoint_url,
+                    config_file=args.config_file,
+                    dry_run=args.dry_run,
+                    yes=args.yes,
+                )
+            )
+            return 0
+        return run_test(args.calls, function_name=args.function_name, config_file=args.config_file, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("dask-wren: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None or args.debug:
+            raise
+        print(f"dask-wren: error: {message}", file=sys.stderr)
+        return 1
+
+
+# -- dask-wren test ----------------------------------------------------------------------------
+
+
+def _hello_function() -> Callable[[int], dict[str, Any]]:
+    # Defined in a function, so cloudpickle ships it by value: the worker has no dask_wren.
+    def hello(x: int) -> dict[str, Any]:
+        import os
+        import platform
+        import time
+
+        start = time.time()
+        return {
+            "x": x,
+            "square": x * x,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "where": os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or platform.node(),
+            "memory_mb": os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"),
+            "seconds": time.time() - start,
+        }
+
+    return hello
+
+
+def run_test(
+    calls: int = 10, *, function_name: str | None = None, config_file: Path | None = None, timeout: float = 60
+) -> int:
+    """A hello-world map of ``calls`` calls through ``default_executor(backend="aws")``.
+
+    A call that never reports back (the function cannot start, say) fails after ``timeout`` plus
+    half a minute, instead of the default call timeout plus ``wren.aws.lost-call-grace``.
+    """
+    import dask.config
+
+    import dask_wren
+    from dask_wren.deploy import flatten_settings, read_yaml
+
+    if calls < 1:
+        raise DeployError(f"--calls must be at least 1, not {calls}")
+    settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}
+    overrides: dict[str, Any] = {"timeout": timeout, "lost_call_grace": 30.0}
+    if function_name:
+        overrides["function_name"] = function_name
+    hint = "deploy first with `dask-wren deploy` (it writes the settings the executor reads)"
+    with dask.config.set(settings):
+        start = time.perf_counter()
+        try:
+            executor = dask_wren.default_executor(backend="aws", **overrides)
+        except (dask_wren.WrenError, dask_wren.StorageError, ValueError) as e:
+            raise DeployError(f"the AWS backend is not available: {e}" + ("" if "dask-wren deploy" in str(e) else f"; {hint}")) from None
+        with executor:
+            ready = time.perf_counter()
+            print(f"executor ready in {ready - start:.2f} s: {executor!r}")
+            try:
+                futures = executor.map(_hello_function(), range(calls))
+            except (dask_wren.BackendError, dask_wren.VersionMismatchError) as e:
+                raise DeployError(f"the AWS backend cannot run calls: {e}" + ("" if "dask-wren deploy" in str(e) else f"; {hint}")) from None
+            submitted = time.perf_counter()
+            first = None
+            for _ in dask_wren.as_completed(futures):
+                first = first or time.perf_counter()
+            done = time.perf_counter()
+            failures = 0
+            for i, future in enumerate(futures):
+                error = future.exception()
+                if error is not None:
+                    failures += 1
+                    print(f"call {i}: FAILED: {type(error).__name__}: {error}")
+                    continue
+                r = future.result()
+                print(f"call {i}: {r['x']}^2 = {r['square']} on {r['where']} (python {r['python']}, {r['machine']})")
+    print(
+        f"{calls} calls: submitted in {submitted - ready:.2f} s, first result after {((first or done) - ready):.2f} s, "
+        f"all done after {done - ready:.2f} s; {calls - failures} succeeded, {failures} failed"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Offline stand-ins for AWS: test the Lambda path of dask-wren without an AWS account.
+
+``aws_standin()`` starts everything the AWS backend talks to, on loopback:
+
+- an S3 server (moto's ``ThreadedMotoServer``; or any S3-compatible endpoint you pass as
+  ``s3_endpoint``, e.g. MinIO) with the bucket created;
+- a Lambda endpoint (``LambdaEndpoint``) serving one function whose invocations run the real
+  ``lambda_worker.handler.lambda_handler`` in local worker processes, with injectable faults.
+
+::
+
+    import dask, dask_wren
+    from dask_wren.testing import aws_standin
+
+    with aws_standin(workers=2) as standin:
+        with dask_wren.default_executor(**standin.settings_overrides) as ex:
+            print(ex.map(abs, [-1, -2]))
+        with dask.config.set(standin.dask_config):   # or the same through dask.config
+            ...
+        standin.faults.throttle_first = 3            # the next 3 invoke requests get 429
+        print(standin.faults.counters)
+
+As a pytest fixture (in your ``conftest.py`` or test module)::
+
+    @pytest.fixture(scope="module")
+    def wren_aws():
+        with aws_standin(workers=2) as standin:
+            yield standin
+
+While the block runs, ``os.environ`` holds fake credentials (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` = ``testing``; with your own ``s3_endpoint``, credentials already in
+the environment are kept) and ``AWS_DEFAULT_REGION=us-east-1``; the previous environment comes
+back on exit.  They are set before the worker pool starts, because workers inherit the
+environment they start with.  Leaving the block stops the endpoint and the moto server (a bucket
+on your own endpoint is left in place).
+
+``RuntimeAPIServer`` (``dask_wren.testing.runtime_api``) is the Lambda Runtime API, for running
+the handler under AWS's own runtime interface client (``awslambdaric``).  The fidelity notes
+(where the stand-ins differ from AWS) are in ``dask_wren.testing.lambda_endpoint``.  moto is
+needed only for the default S3 server: ``pip install "dask-wren[test]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask_wren.testing.lambda_endpoint import FaultCounters, Faults, LambdaEndpoint, default_environment
+from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
+
+__all__ = [
+    "FaultCounters",
+    "Faults",
+    "LambdaEndpoint",
+    "RuntimeAPIServer",
+    "RuntimeInitError",
+    "StandIn",
+    "aws_standin",
+    "default_environment",
+]
+
+REGION = "us-east-1"
+_FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Variables that would make boto3 use something other than the fake credentials.
+_CREDENTIAL_SOURCES = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+@dataclass
+class StandIn:
+    """What ``aws_standin`` started: URLs, the bucket, the function, and the fault knobs."""
+
+    s3_url: str
+    lambda_url: str
+    bucket: str
+    function_name: str
+    region: str
+    endpoint: LambdaEndpoint
+    faults: Faults
+    settings_overrides: dict[str, Any] = field(init=False)
+    dask_config: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings_overrides = {
+            "backend": "aws",
+            "storage": "s3",
+            "bucket": self.bucket,
+            "endpoint_url": self.s3_url,
+            "region": self.region,
+            "aws_region": self.region,
+            "lambda_endpoint_url": self.lambda_url,
+            "function_name": self.function_name,
+        }
+        self.dask_config = {
+            "wren.backend": "aws",
+            "wren.storage.kind": "s3",
+            "wren.storage.bucket": self.bucket,
+            "wren.storage.endpoint-url": self.s3_url,
+            "wren.storage.region": self.region,
+            "wren.aws.region": self.region,
+            "wren.aws.lambda-endpoint-url": self.lambda_url,
+            "wren.aws.function-name": self.function_name,
+        }
+
+    def s3_client(self, **kwargs: Any) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_url, region_name=self.region, **kwargs)
+
+    def lambda_client(self, **kwargs: Any) -> Any:
+        """A boto3 Lambda client for the stand-in; ``config=`` etc. pass through."""
+        import boto3
+
+        return boto3.client("lambda", endpoint_url=self.lambda_url, region_name=self.region, **kwargs)
+
+
+@contextmanager
+def aws_standin(
+    workers: int = 2,
+    faults: Faults | None = None,
+    bucket: str = "dask-wren-test",
+    function_name: str = "dask-wren",
+    s3_endpoint: str | None = None,
+    *,
+    timeout: float = 300,
+    memory_mb: int = 2048,
+) -> Iterator[StandIn]:
+    """Start S3 (moto, unless ``s3_endpoint`` is given) and a Lambda endpoint; yield a ``StandIn``.
+
+    ``workers``: worker processes behind the function.  ``faults``: a ``Faults`` to inject
+    (default: none; change ``standin.faults`` at any time).  ``timeout`` / ``memory_mb``: the
+    function's configuration.
+    """
+    saved = dict(os.environ)
+    moto_server = None
+    endpoint = None
+    try:
+        if s3_endpoint is None or not os.environ.get("AWS_ACCESS_KEY_ID"):
+            for name in _CREDENTIAL_SOURCES:
+                os.environ.pop(name, None)
+            os.environ.update(_FAKE_CREDENTIALS)
+        os.environ["AWS_DEFAULT_REGION"] = REGION
+        if s3_endpoint is None:
+            from moto.server import ThreadedMotoServer
+
+            moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            moto_server.start()
+            host, port = moto_server.get_host_and_port()
+            s3_url = f"http://{host}:{port}"
+        else:
+            s3_url = s3_endpoint.rstrip("/")
+        _ensure_bucket(s3_url, bucket)
+        endpoint = LambdaEndpoint(workers=workers, faults=faults, region=REGION).start()
+        endpoint.add_function(function_name, timeout=timeout, memory_mb=memory_mb)
+        yield StandIn(
+            s3_url=s3_url,
+            lambda_url=endpoint.url,
+            bucket=bucket,
+            function_name=function_name,
+            region=REGION,
+            endpoint=endpoint,
+            faults=endpoint.faults,
+        )
+    finally:
+        try:
+            if endpoint is not None:
+                endpoint.stop()
+            if moto_server is not None:
+                moto_server.stop()
+        finally:
+            _restore_environment(saved)
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _ensure_bucket(s3_url: str, bucket: str) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("s3", endpoint_url=s3_url, region_name=REGION)
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
