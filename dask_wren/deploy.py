@@ -59,7 +59,7 @@ _FALLBACK_REQUIREMENTS = ["cloudpickle>=3.0", "tblib>=3.0", "numpy", "dask", "to
 #: Packages pinned to the host's version in the layer: ``==`` where pickles demand equality,
 #: ``<=`` elsewhere (the host's version when Lambda's platform has a wheel, else the newest older one).
 _PIN_EXACT = ("cloudpickle",)
-_PIN_AT_MOST = ("tblib", "numpy", "dask", "toolz")
+_PIN_AT_MOST = ("tblib", "numpy", "dask", "toolz", "boto3", "botocore")
 _FUNCTION_README = (
     b"dask-wren worker function.\n\nThe handler (lambda_worker.handler.lambda_handler) and its packages live in the\n"
     b"function's runtime layer (/opt/python); this package holds no code. Managed by `dask-wren deploy`.\n"
@@ -170,11 +170,16 @@ def host_versions() -> dict[str, str]:
     from lambda_worker.protocol import PROTOCOL_VERSION
 
     return {
-        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "python": host_python(),
         "cloudpickle": cloudpickle.__version__,
         "dask": dask.__version__,
         "protocol": str(PROTOCOL_VERSION),
     }
+
+
+def host_python() -> str:
+    """This interpreter's ``major.minor``: the runtime and the layer are built for it."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def lambda_runtime(python: str) -> str:
@@ -356,8 +361,7 @@ def resolve(opts: DeployOptions, clients: AwsClients, account: str, partition: s
 
     import dask_wren.config  # noqa: F401  (loads the wren.* defaults)
 
-    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    lambda_runtime(python)
+    python = host_python()
     prefix = (opts.prefix or dask.config.get("wren.storage.prefix") or "dask-wren").strip("/")
     return DeployConfig(
         function_name=opts.function_name or dask.config.get("wren.aws.function-name") or "dask-wren",
@@ -417,7 +421,7 @@ def inspect_layer_zip(path: Path, python: str, arch: str) -> LayerZip:
             "would not import (build it with `python runtime/build_layer.py` or let deploy build it)"
         )
     unzipped = sum(i.file_size for i in infos)
-    if unzipped > LAYER_UNZIPPED_LIMIT:
+    if unzipped + len(_FUNCTION_README) > LAYER_UNZIPPED_LIMIT:
         raise DeployError(
             f"layer zip {path} unzips to {unzipped / MiB:.1f} MB, over Lambda's 250 MB limit for a function "
             "and its layers: trim runtime/requirements.txt"
@@ -451,16 +455,20 @@ def inspect_layer_zip(path: Path, python: str, arch: str) -> LayerZip:
 
 
 def runtime_requirements() -> list[str]:
-    """``runtime/requirements.txt`` (a source checkout), or the same list built in."""
+    """``runtime/requirements.txt`` (a source checkout) or the same list built in, plus tblib and boto3.
+
+    boto3 goes into the layer although Lambda's runtime bundles one: the worker's S3 store uses
+    conditional writes (``IfNoneMatch``) that an older bundled SDK rejects, and the layer's copy
+    comes first on the function's ``sys.path``.
+    """
     if _REQUIREMENTS_FILE.is_file():
         lines = _REQUIREMENTS_FILE.read_text().splitlines()
         reqs = [line.split("#", 1)[0].strip() for line in lines]
         reqs = [r for r in reqs if r]
     else:
         reqs = list(_FALLBACK_REQUIREMENTS)
-    if not any(_normalize(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) == "tblib" for r in reqs):
-        reqs.append("tblib")
-    return reqs
+    named = {_normalize(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) for r in reqs}
+    return reqs + [extra for extra in ("tblib", "boto3") if extra not in named]
 
 
 def layer_constraints() -> list[str]:
@@ -478,9 +486,17 @@ def layer_constraints() -> list[str]:
 
 
 def _layer_filter(rel: Path) -> bool:
-    """Keep this file in the layer?  Bytecode, test suites and console scripts stay out."""
+    """Keep this file in the layer?
+
+    Bytecode, test suites and console scripts stay out, and so do ``dist-info/RECORD`` files: they
+    hash the console scripts, whose first line names the interpreter that ran pip, so keeping them
+    would make the same packages zip differently from another virtualenv.  The rest of dist-info
+    stays (``importlib.metadata`` versions and entry points read it).
+    """
     parts = rel.parts
     if "__pycache__" in parts or "tests" in parts[:-1] or (len(parts) > 1 and parts[1] == "bin"):
+        return False
+    if rel.name == "RECORD" and rel.parent.name.endswith(".dist-info"):
         return False
     return rel.suffix not in (".pyc", ".pyo")
 
@@ -507,7 +523,7 @@ def build_layer(
     """
     import lambda_worker
 
-    python = python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+    python = python or host_python()
     lambda_runtime(python)
     if arch not in ARCHITECTURES:
         raise DeployError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
@@ -673,11 +689,11 @@ def plan_bucket(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Chang
         code = _code(e)
         if code in ("403", "AccessDenied", "Forbidden"):
             raise DeployError(
-                f"bucket {bucket} exists but this account cannot use it (bucket names are global, so another "
-                "account may own it): choose another --bucket"
+                f"bucket {bucket} exists but this identity may not use it: another account owns it (bucket names "
+                "are global: choose another --bucket), or you lack s3:ListBucket on it"
             ) from None
-        if code in ("301", "PermanentRedirect", "400"):
-            where = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", "?")
+        where = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        if code in ("301", "PermanentRedirect") or (code == "400" and where and where != cfg.region):
             raise DeployError(
                 f"bucket {bucket} is in region {where}, not {cfg.region}: pass --region {where} or another --bucket"
             ) from None
@@ -905,7 +921,9 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
             lam.update_function_code(FunctionName=name, ZipFile=code, Architectures=[cfg.arch])
             _wait(lam, "function_updated_v2", name)
         if config_diff:
-            lam.update_function_configuration(FunctionName=name, **wanted)
+            _retry_while_role_propagates(
+                lambda: lam.update_function_configuration(FunctionName=name, **wanted), cfg.role_name
+            )
             _wait(lam, "function_updated_v2", name)
 
     return Change(resource, "update", ", ".join(code_diff + config_diff), update)
@@ -1003,13 +1021,35 @@ def _prepare_layer(opts: DeployOptions, python: str, workdir: Path, out: Callabl
         start = time.monotonic()
         path = build_layer(workdir / "layer.zip", python=python, arch=opts.arch, out=out)
         out(f"building layer: done in {time.monotonic() - start:.0f} s")
-    return inspect_layer_zip(path, python, opts.arch)
+    layer = inspect_layer_zip(path, python, opts.arch)
+    for note in layer_differences(layer):
+        out(f"note: {note}")
+    return layer
+
+
+def layer_differences(layer: LayerZip) -> list[str]:
+    """Packages whose layer version differs from the host's (where pickles tolerate it)."""
+    from importlib import metadata
+
+    notes = []
+    for name in _PIN_AT_MOST:
+        try:
+            here = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        there = layer.versions.get(name)
+        if there and there != here and name != "dask":  # dask must match: checked by layer_versions
+            notes.append(
+                f"the layer has {name} {there}, this environment {here} (the newest wheel for Lambda's platform "
+                "that is not newer than yours)"
+            )
+    return notes
 
 
 def deploy(opts: DeployOptions, out: Callable[[str], None] = print) -> list[Change]:
     """Make the deployment exist as ``opts`` describe it; print one line per resource."""
     check_options(opts)
-    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    python = host_python()
     lambda_runtime(python)
     region = resolve_region(opts.region)
     aws = AwsClients.create(region, opts.endpoint_url)

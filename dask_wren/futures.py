@@ -174,7 +174,7 @@ def _exception_from(header: dict[str, Any], payload: bytes, future: WrenFuture) 
     if kind == "exception":
         return errors.RemoteError(error.get("type", "Exception"), error.get("message", ""), error.get("traceback", ""))
     message = f"{where}: {error.get('message', 'the call failed')}"
-    if kind == protocol.FAIL_TIMEOUT:
+    if kind in (protocol.FAIL_TIMEOUT, protocol.FAIL_LOST):
         return errors.WrenTimeoutError(message + "; pass a larger timeout= or split the work")
     if kind == protocol.FAIL_WORKER_DIED:
         return errors.WorkerDiedError(message)

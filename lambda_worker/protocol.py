@@ -34,6 +34,8 @@ FAIL_WORKER_DIED = "worker_died"
 FAIL_TIMEOUT = "timeout"
 FAIL_VERSION = "version"
 FAIL_HANDLER = "handler"  # the handler itself failed, e.g. it could not reach storage
+FAIL_LOST = "lost"  # no result arrived within the call's timeout plus a grace period (AWS)
+FAIL_INVOKE = "invoke"  # the invoke request failed after the client's retries (AWS)
 
 _MAGIC = b"WREN"
 _LEN = struct.Struct(">I")

@@ -6,9 +6,34 @@ import pytest
 import dask_wren
 
 
+@pytest.fixture(scope="session")
+def standin():
+    """The offline AWS stand-in (moto's S3 server + a local Lambda endpoint), one per session."""
+    from dask_wren.testing import aws_standin
+
+    with aws_standin(workers=2) as s:
+        yield s
+
+
+@pytest.fixture(params=["local", "aws"])
+def backend_settings(request, tmp_path):
+    """Executor settings for each backend: the local pool, and AWS Lambda through the stand-in."""
+    if request.param == "local":
+        return {"storage_dir": str(tmp_path / "store"), "workers": 2}
+    return dict(request.getfixturevalue("standin").settings_overrides, lost_call_grace=5)
+
+
 @pytest.fixture
-def executor(tmp_path):
-    """A local executor with its own storage directory and two warm workers."""
+def executor(backend_settings):
+    """An executor on each backend, with two warm workers."""
+    ex = dask_wren.default_executor(timeout=60, **backend_settings)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def local_executor(tmp_path):
+    """An executor on the local backend only: for tests of the local worker pool itself."""
     ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=2, timeout=60)
     yield ex
     ex.shutdown(wait=False, cancel_futures=True)

@@ -116,7 +116,7 @@ def test_a_lost_call_fails_after_its_timeout_and_grace(tmp_path):
     with ex:
         futures = ex.map(square, [1, 2, 3], timeout=1)
         assert futures[0].result() == 1 and futures[2].result() == 9
-        with pytest.raises(dask_wren.WrenError, match="no result within the call's timeout"):
+        with pytest.raises(dask_wren.WrenTimeoutError, match="no result within the call's timeout"):
             futures[1].result(timeout=30)
 
 

@@ -18,6 +18,7 @@ import dask_wren
 from dask_wren import deploy as dep
 from dask_wren.cli import main
 from dask_wren.config import Settings
+from lambda_worker.protocol import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,7 +142,7 @@ def test_lifecycle_rule_expires_only_the_prefix():
 
 def test_function_environment_is_what_the_aws_backend_checks():
     env = dep.function_environment(HOST)
-    assert env["DASK_WREN_PYTHON"] == PY and env["DASK_WREN_PROTOCOL"] == "1"
+    assert env["DASK_WREN_PYTHON"] == PY and env["DASK_WREN_PROTOCOL"] == str(PROTOCOL_VERSION)
     aws_backend = pytest.importorskip("dask_wren.backends.aws")
     assert env == aws_backend.host_versions()
 
@@ -373,9 +374,14 @@ def test_no_region_is_one_clear_error(aws_env, monkeypatch, args, capsys):
     assert code == 1 and "region" in err and "--region" in err and "Traceback" not in err
 
 
-def test_bad_options_fail_before_any_aws_call(capsys):
+def test_bad_options_fail_before_any_aws_call(capsys, monkeypatch):
     code, _, err = run(capsys, ["deploy", "--timeout", "901"])
     assert code == 1 and "900" in err
+    code, _, err = run(capsys, ["deploy", "--function-name", "no spaces"])
+    assert code == 1 and "not valid" in err
+    monkeypatch.setattr(dep, "host_python", lambda: "3.8")
+    code, _, err = run(capsys, ["deploy"])
+    assert code == 1 and "no managed runtime for Python 3.8" in err and "Traceback" not in err
 
 
 def test_access_denied_says_what_is_needed():
@@ -400,21 +406,21 @@ def test_test_command_says_when_the_aws_backend_is_unavailable(monkeypatch, caps
     assert "AWS backend is not available" in err and "not part of this build" in err and "Traceback" not in err
 
 
-def test_test_command_runs_ten_calls_through_the_aws_backend(tmp_path, capsys):
-    testing = pytest.importorskip("dask_wren.testing")
+def test_test_command_runs_ten_calls_through_the_aws_backend(standin, tmp_path, capsys):
+    """Through the offline stand-in (conftest's ``standin``: moto S3 and a local Lambda endpoint)."""
     import yaml
 
-    with testing.aws_standin(workers=2) as standin:
-        nested = {}
-        for key, value in standin.dask_config.items():
-            *parents, leaf = key.split(".")
-            node = nested
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        path = tmp_path / "wren.yaml"
-        path.write_text(yaml.safe_dump(nested))
-        code, out, err = run(capsys, ["test", "--config-file", str(path)])
+    standin.faults.reset()
+    nested = {}
+    for key, value in standin.dask_config.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = tmp_path / "wren.yaml"
+    path.write_text(yaml.safe_dump(nested))
+    code, out, err = run(capsys, ["test", "--config-file", str(path)])
     assert code == 0, out + err
     assert "10 calls" in out and "10 succeeded, 0 failed" in out
     assert "call 9: 9^2 = 81" in out
@@ -434,7 +440,7 @@ def test_build_real_layer(tmp_path, arch):
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
     tops = {n.split("/")[1] for n in names}
-    for package in ("numpy", "cloudpickle", "dask", "toolz", "tblib", "lambda_worker"):
+    for package in ("numpy", "cloudpickle", "dask", "toolz", "tblib", "boto3", "lambda_worker"):
         assert package in tops, sorted(tops)
     assert "python/lambda_worker/handler.py" in names and "python/lambda_worker/protocol.py" in names
     machine = dep.ARCHITECTURES[arch]
@@ -445,7 +451,7 @@ def test_build_real_layer(tmp_path, arch):
     (wheel,) = [n for n in names if n.startswith("python/numpy-") and n.endswith(".dist-info/WHEEL")]
     with zipfile.ZipFile(path) as zf:
         assert "manylinux" in zf.read(wheel).decode()
-    assert not any("__pycache__" in n or "/tests/" in n or n.endswith(".pyc") for n in names)
+    assert not any("__pycache__" in n or "/tests/" in n or n.endswith((".pyc", ".dist-info/RECORD")) for n in names)
     assert layer.versions["cloudpickle"] == HOST["cloudpickle"] and layer.versions["dask"] == HOST["dask"]
     assert layer.unzipped_size < dep.LAYER_UNZIPPED_LIMIT
     # The same inputs give the same bytes: a redeploy finds the layer unchanged.
@@ -484,6 +490,7 @@ def test_build_real_layer(tmp_path, arch):
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
         "from lambda_worker.handler import lambda_handler;"
+        "import lambda_worker.storage.s3, dask.array, dask.bag, dask.delayed, numpy.linalg, tblib, toolz;"
         "print(json.dumps(lambda_handler(json.loads(sys.argv[2]))))"
     )
     proc = subprocess.run(
@@ -496,4 +503,4 @@ def test_build_real_layer(tmp_path, arch):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["statuses"] == {"ok": 1}, header.get("error")
     value = serialize.loads(blob[offset:])
     assert header["status"] == "ok" and value["sum"] == 45.0
-    assert value["file"].startswith(str(site)), value
+    assert value["file"].startswith(str(site)), value  # numpy came from the layer

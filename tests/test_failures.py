@@ -109,7 +109,8 @@ def die(how):
         ("segfault", "SIGSEGV"),
     ],
 )
-def test_worker_death_fails_only_its_call_and_the_worker_is_replaced(executor, how, expected):
+def test_worker_death_fails_only_its_call_and_the_worker_is_replaced(local_executor, how, expected):
+    executor = local_executor  # the local worker pool itself
     futures = executor.map(die, ["ok1", how, "ok2", "ok3"])
     with pytest.raises(WorkerDiedError, match=expected):
         futures[1].result()
@@ -119,7 +120,8 @@ def test_worker_death_fails_only_its_call_and_the_worker_is_replaced(executor, h
     assert len(executor.backend.worker_pids()) == executor.backend.n_workers
 
 
-def test_segfault_error_quotes_the_worker_output(executor):
+def test_segfault_error_quotes_the_worker_output(local_executor):
+    executor = local_executor  # the local worker pool itself
     f = executor.call_async(die, "segfault")
     with pytest.raises(WorkerDiedError, match="Segmentation fault"):
         f.result()
@@ -130,7 +132,8 @@ def sleep_for(seconds):
     return seconds
 
 
-def test_timeout_kills_the_call_and_others_proceed(executor):
+def test_timeout_kills_the_call_and_others_proceed(local_executor):
+    executor = local_executor  # the local worker pool itself
     futures = executor.map(sleep_for, [30, 0], timeout=1)
     with pytest.raises(WrenTimeoutError, match="timeout of 1 s") as info:
         futures[0].result()

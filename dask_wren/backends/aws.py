@@ -42,8 +42,6 @@ from lambda_worker import protocol, serialize
 
 _BURST = 1000
 _RAMP_PER_S = 100.0
-FAIL_LOST = "lost"
-FAIL_INVOKE = "invoke"
 
 
 def host_versions() -> dict[str, str]:
@@ -243,7 +241,7 @@ class AWSLambdaBackend:
                 if response.get("StatusCode") != 202:
                     raise BackendError(f"Lambda answered {response.get('StatusCode')} to an async invoke")
             except Exception as e:  # after botocore's retries: this invocation will not run
-                self._lost(inv, FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
+                self._lost(inv, protocol.FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
                 continue
             with self._cond:
                 self.sent += 1
@@ -275,7 +273,7 @@ class AWSLambdaBackend:
             for inv in overdue:
                 self._lost(
                     inv,
-                    FAIL_LOST,
+                    protocol.FAIL_LOST,
                     f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s: the Lambda "
                     f"invocation was lost (dropped after retries, or its worker died); see CloudWatch log group "
                     f"/aws/lambda/{self.function_name}",
