@@ -46,7 +46,10 @@ class Settings:
     max_concurrency: int = 1000
     invoke_threads: int = 64
     invoke_max_attempts: int = 20
+    retry_mode: str = "standard"
+    throttle_timeout: float = 600.0
     lost_call_grace: float = 60.0
+    lost_call_retries: int = 2
 
     @classmethod
     def from_config(cls, **overrides: Any) -> Settings:
@@ -108,7 +111,10 @@ _KEYS = {
     "max_concurrency": "wren.aws.max-concurrency",
     "invoke_threads": "wren.aws.invoke-threads",
     "invoke_max_attempts": "wren.aws.invoke-max-attempts",
+    "retry_mode": "wren.aws.retry-mode",
+    "throttle_timeout": "wren.aws.throttle-timeout",
     "lost_call_grace": "wren.aws.lost-call-grace",
+    "lost_call_retries": "wren.aws.lost-call-retries",
 }
 
 

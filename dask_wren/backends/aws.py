@@ -1,16 +1,23 @@
 """The AWS backend: asynchronous AWS Lambda invocations through boto3; data through S3.
 
 What AWS asks of a client, and where it is handled:
-- throttling (HTTP 429 ``TooManyRequestsException``): the Lambda client runs botocore's
-  ``adaptive`` retry mode, which backs off with jitter and learns a client-side send rate;
+- throttling (HTTP 429 ``TooManyRequestsException``): the Lambda client retries with botocore's
+  ``standard`` mode (exponential backoff with jitter; ``wren.aws.retry-mode``).  In a storm its
+  shared retry quota runs out and it stops retrying; then the senders pause (jittered exponential
+  backoff, at least Retry-After) and send the invocation again, for up to
+  ``wren.aws.throttle-timeout`` seconds before its calls fail with a clear error.  Its ``adaptive``
+  mode is not the default: after a storm of 429s its client-side rate limiter falls towards half
+  a request per second and recovers slowly, which stalled a 500-call map for minutes in our
+  fault tests; pacing here comes from the cap on calls in flight instead;
 - scale-up: AWS adds at most 1,000 execution environments per 10 s per function, so the calls in
   flight may grow by a burst of ``_BURST`` and then ``_RAMP_PER_S`` per second, never above
   ``wren.aws.max-concurrency``; a call stops counting once its result is in;
 - at-least-once delivery: a duplicate run finds its result record already written (records are
   first-writer-wins) and the monitor counts each call once;
-- a lost call (an invoke that failed for good, or a result that never came within the call's
-  timeout plus ``wren.aws.lost-call-grace``) gets a failure record written here, so no future
-  waits forever;
+- a call whose result has not come within its timeout plus ``wren.aws.lost-call-grace`` (the
+  event was dropped, or its worker died) is invoked again, up to ``wren.aws.lost-call-retries``
+  times; after that, or when an invoke fails for good, a failure record is written here, so no
+  future waits forever;
 - before the first invoke, a preflight reads the function's configuration: it must exist and
   record (at deploy time) the same Python minor, cloudpickle, dask and protocol versions as here.
 
@@ -25,6 +32,7 @@ thread writes records for lost calls.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -42,6 +50,13 @@ from lambda_worker import protocol, serialize
 
 _BURST = 1000
 _RAMP_PER_S = 100.0
+_THROTTLE_BASE_PAUSE = 0.05
+_THROTTLE_MAX_PAUSE = 20.0
+_THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"}
+
+
+def _is_throttle(error: botocore.exceptions.ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in _THROTTLE_CODES
 
 
 def host_versions() -> dict[str, str]:
@@ -63,12 +78,13 @@ class AWSLambdaBackend:
         self.region = settings.aws_region or settings.region
         self.max_concurrency = settings.max_concurrency
         self.grace = settings.lost_call_grace
+        self.retries = settings.lost_call_retries
         self.client = client or boto3.session.Session().client(
             "lambda",
             region_name=self.region,
             endpoint_url=settings.lambda_endpoint_url,
             config=botocore.config.Config(
-                retries={"mode": "adaptive", "max_attempts": settings.invoke_max_attempts},
+                retries={"mode": settings.retry_mode, "max_attempts": settings.invoke_max_attempts},
                 max_pool_connections=settings.invoke_threads,
                 connect_timeout=10,
                 read_timeout=60,
@@ -85,6 +101,11 @@ class AWSLambdaBackend:
         self._checked = False
         self._closed = False
         self.sent = 0  # invoke requests accepted by Lambda (for diagnostics and benchmarks)
+        self.throttled = 0  # invokes that botocore gave up on and that were sent again after a pause
+        self.throttle_timeout = settings.throttle_timeout
+        self._throttle_streak = 0
+        self._throttled_since: dict[str, float] = {}
+        self._paused_until = 0.0
 
     # -- the Backend protocol -----------------------------------------------------------------
 
@@ -102,7 +123,7 @@ class AWSLambdaBackend:
         """Drop a call that has not been sent; a sent one runs, and its result is ignored."""
         with self._cond:
             for inv in self._queue:
-                if inv.request_id == request_id:
+                if _key(inv) == request_id:
                     inv.cancelled.add(call_id)
                     if inv.cancelled >= set(inv.call_ids):
                         self._queue.remove(inv)
@@ -214,13 +235,17 @@ class AWSLambdaBackend:
             while True:
                 if self._closed:
                     return None
+                pause = self._paused_until - time.monotonic()
+                if pause > 0:
+                    self._cond.wait(timeout=pause)
+                    continue
                 if self._queue:
                     inv = self._queue[0]
                     calls = len(inv.call_ids) - len(inv.cancelled)
                     if self._n_in_flight == 0 or self._n_in_flight + calls <= self._ceiling(time.monotonic()):
                         self._queue.popleft()
                         live = set(inv.call_ids) - inv.cancelled
-                        self._in_flight[inv.request_id] = [inv, live, None]
+                        self._in_flight[_key(inv)] = [inv, live, None]
                         self._n_in_flight += len(live)
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
@@ -240,21 +265,53 @@ class AWSLambdaBackend:
                 )
                 if response.get("StatusCode") != 202:
                     raise BackendError(f"Lambda answered {response.get('StatusCode')} to an async invoke")
+            except botocore.exceptions.ClientError as e:
+                if _is_throttle(e) and self._throttled(inv, e):
+                    continue
+                self._lost(inv, protocol.FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
+                continue
             except Exception as e:  # after botocore's retries: this invocation will not run
                 self._lost(inv, protocol.FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
                 continue
+            self._throttle_streak = 0
             with self._cond:
                 self.sent += 1
-                entry = self._in_flight.get(inv.request_id)
+                entry = self._in_flight.get(_key(inv))
                 if entry is not None:
                     entry[2] = time.monotonic() + inv.timeout + self.grace
+
+    def _throttled(self, inv: Invocation, error: botocore.exceptions.ClientError) -> bool:
+        """botocore gave up on a throttled invoke (its retry quota ran out in a storm): pause all
+        senders with jittered exponential backoff, honouring Retry-After, and send it again.
+        False once the invocation has been throttled for longer than ``throttle_timeout``."""
+        now = time.monotonic()
+        first = self._throttled_since.setdefault(_key(inv), now)
+        if now - first > self.throttle_timeout:
+            return False
+        headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            retry_after = float(headers.get("retry-after", 0))
+        except ValueError:
+            retry_after = 0.0
+        with self._cond:
+            self._throttle_streak += 1
+            backoff = min(_THROTTLE_MAX_PAUSE, _THROTTLE_BASE_PAUSE * 2 ** min(self._throttle_streak, 10))
+            pause = max(retry_after, random.uniform(backoff / 2, backoff))
+            self._paused_until = max(self._paused_until, now + pause)
+            entry = self._in_flight.pop(_key(inv), None)
+            if entry is not None:
+                self._n_in_flight -= len(entry[1])
+            self._queue.appendleft(inv)
+            self.throttled += 1
+            self._cond.notify_all()
+        return True
 
     def _lost(self, inv: Invocation, kind: str, message: str) -> None:
         try:
             write_failure_records(inv, kind, message)
         finally:
             with self._cond:
-                entry = self._in_flight.pop(inv.request_id, None)
+                entry = self._in_flight.pop(_key(inv), None)
                 if entry is not None:
                     self._n_in_flight -= len(entry[1])
                 listeners = list(self._listeners)
@@ -268,13 +325,45 @@ class AWSLambdaBackend:
                 if self._closed:
                     return
                 now = time.monotonic()
-                overdue = [e[0] for e in self._in_flight.values() if e[2] is not None and now > e[2]]
-                self._cond.wait(timeout=1.0)
-            for inv in overdue:
+                overdue = [e for e in self._in_flight.values() if e[2] is not None and now > e[2]]
+                retry = []
+                for entry in overdue:
+                    inv, left = entry[0], entry[1] - entry[0].cancelled
+                    if inv.attempt < self.retries and left:
+                        # Invoke the calls still without a result again; a late original and its
+                        # retry cannot both count: the first result record written wins.
+                        del self._in_flight[_key(inv)]
+                        self._n_in_flight -= len(entry[1])
+                        retry.append(_retry_of(inv, left))
+                self._queue.extendleft(reversed(retry))
+                lost = [e[0] for e in overdue if _key(e[0]) in self._in_flight]
+                if retry:
+                    self._cond.notify_all()
+                self._cond.wait(timeout=min(1.0, max(0.05, self.grace / 4)))
+            for inv in lost:
                 self._lost(
                     inv,
                     protocol.FAIL_LOST,
-                    f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s: the Lambda "
-                    f"invocation was lost (dropped after retries, or its worker died); see CloudWatch log group "
-                    f"/aws/lambda/{self.function_name}",
+                    f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s, "
+                    f"after {inv.attempt + 1} invocation(s): the Lambda invocations were lost (dropped, or their "
+                    f"worker died); see CloudWatch log group /aws/lambda/{self.function_name}",
                 )
+
+
+def _key(inv: Invocation) -> str:
+    """Calls in flight are filed under their first invocation's request id, which futures know."""
+    return inv.origin or inv.request_id
+
+
+def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:
+    event = dict(inv.event)
+    if "calls" in event:
+        event["calls"] = [c for c in event["calls"] if c["id"] in calls]
+    return Invocation(
+        request_id=f"{inv.request_id}-r{inv.attempt + 1}",
+        event=event,
+        call_ids=[c for c in inv.call_ids if c in calls],
+        timeout=inv.timeout,
+        attempt=inv.attempt + 1,
+        origin=inv.origin or inv.request_id,
+    )

@@ -21,6 +21,8 @@ class Invocation:
     call_ids: list[str]
     timeout: float
     cancelled: set[str] = field(default_factory=set)
+    attempt: int = 0  # retries of lost calls are new invocations of the same calls
+    origin: str | None = None  # the request id of the first attempt
 
 
 class Backend(Protocol):

@@ -1,0 +1,85 @@
+"""AWS's failure modes, injected by the offline stand-in into 500-call maps: results stay exact."""
+
+import pytest
+
+import dask_wren
+from lambda_worker import protocol
+
+pytestmark = pytest.mark.timeout(300)
+
+# 100 calls in the default run; the full 500-call maps are marked slow (`pytest -m slow`).
+SIZES = [100, pytest.param(500, marks=pytest.mark.slow)]
+
+
+def triple(x):
+    return 3 * x
+
+
+@pytest.fixture
+def faults(standin):
+    standin.faults.reset()
+    yield standin.faults
+    standin.faults.reset()
+
+
+def run_map(standin, n, **settings):
+    with dask_wren.default_executor(**standin.settings_overrides, **settings) as ex:
+        futures = ex.map(triple, range(n))
+        results = dask_wren.get_all_results(futures, timeout=280)
+        records = [k for k, _ in ex.storage.list(protocol.results_prefix(ex.settings.prefix, futures[0].job_id))]
+    return futures, results, records
+
+
+def assert_exact(futures, results, records):
+    n = len(futures)
+    assert results == [3 * i for i in range(n)]
+    assert all(f.succeeded() for f in futures)
+    # one result record per call: a second delivery never wrote a second counted result
+    assert len(records) == n == len(set(records))
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_429_storm_is_absorbed(standin, faults, n):
+    faults.set(throttle_first=n // 3, throttle_rate=0.2)
+    assert_exact(*run_map(standin, n))
+    seen = faults.snapshot()
+    assert seen.throttled >= n // 3
+    assert seen.invokes == n + seen.throttled  # each throttled request was retried until accepted
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_duplicate_deliveries_count_once(standin, faults, n):
+    faults.set(duplicate_rate=0.3)
+    assert_exact(*run_map(standin, n))
+    assert faults.snapshot().duplicated > n // 10
+
+
+# A lost call is detected by its deadline, counted from the invoke: that is only meaningful when
+# calls do not queue inside Lambda, i.e. max_concurrency is what the function can run at once
+# (the stand-in runs 2).
+LOSS_DETECTION = {"timeout": 2, "lost_call_grace": 1, "max_concurrency": 2, "poll_interval": 0.01}
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_dropped_events_are_invoked_again(standin, faults, n):
+    faults.set(drop_rate=0.03)
+    futures, results, records = run_map(standin, n, **LOSS_DETECTION)
+    assert_exact(futures, results, records)
+    seen = faults.snapshot()
+    assert seen.dropped >= 1
+    assert seen.invokes >= n + seen.dropped  # every dropped event was sent again
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_all_faults_at_once(standin, faults, n):
+    faults.set(throttle_rate=0.1, duplicate_rate=0.1, drop_rate=0.02)
+    assert_exact(*run_map(standin, n, **LOSS_DETECTION))
+
+
+def test_a_call_dropped_every_time_fails_clearly(standin, faults):
+    faults.set(drop_rate=1.0)
+    with dask_wren.default_executor(**standin.settings_overrides, timeout=1, lost_call_grace=0.5, lost_call_retries=1) as ex:
+        f = ex.call_async(triple, 1)
+        with pytest.raises(dask_wren.WrenTimeoutError, match="after 2 invocation"):
+            f.result(timeout=60)
+    assert faults.snapshot().dropped == 2
