@@ -14,16 +14,17 @@ A. Invoke dispatch throughput from one host: 10,000 trivial calls, 20 ms injecte
 B. A 1,000-call map end to end through the stand-in (64 threads, 20 ms latency, events run):
    time until all results are in, results checked, and storage requests per call (host requests
    counted by a wrapper around the executor's store, plus each worker's own count).
-C. The same map with ``chunksize=10``.
+C. The same map with ``chunksize=10`` (``--c``; always in ``--quick``; left out of the full run by
+   default, which is to stay under 3 minutes on a 2-core machine).
 D. Where the dispatch time goes (printed when A misses its target, or with ``--diagnose``): one boto3
    invoke in a tight loop (CPU in the calling thread and in the whole process, TCP connections
    opened), the stand-in's HTTP server alone through ``http.client``, and a cProfile breakdown.
 
 The machine may be shared and noisy: compare the figures printed side by side.  ``--quick`` is a
-smoke run (1,000 calls in A, 200 in B and C, one thread setting); ``--strict`` exits 1 when a
+smoke run (1,000 calls in A, 200 in B and C, one thread setting, all sections); ``--strict`` exits 1 when a
 target is missed.
 
-    python benchmarks/bench_aws.py [--quick] [--threads 16,64,128] [--e2e N] [--diagnose] [--strict]
+    python benchmarks/bench_aws.py [--quick] [--threads 16,64,128] [--c] [--e2e N] [--diagnose] [--strict]
 """
 
 import argparse
@@ -205,7 +206,7 @@ def wait_sent(backend, target, sent0, futures=None):
             state = ramp_state(backend) or (None, None)
             done = sum(f.done() for f in futures) if futures is not None else None
             samples.append((now - t0, sent - sent0, done, *state))
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 def aws_settings(standin, **overrides):
@@ -223,7 +224,8 @@ def close(ex):
 def bench_dispatch(standin, n, threads):
     """10,000-call map, stand-in answering 202 after LATENCY without running the events."""
     settings = aws_settings(standin, invoke_threads=threads)
-    ex = Executor(settings)
+    storage = CountingStorage(make_storage(settings))
+    ex = Executor(settings, storage=storage)
     try:
         ex.backend.preflight()  # one GetFunctionConfiguration, before the clock starts
         counters0 = standin.faults.snapshot()
@@ -236,6 +238,7 @@ def bench_dispatch(standin, n, threads):
             t_sent, _ = wait_sent(ex.backend, n, sent0)
             t_sent += t_map
             cpu = time.process_time() - cpu0
+            host_requests = storage.snapshot()
         counters = standin.faults.snapshot()
     finally:
         close(ex)
@@ -249,6 +252,7 @@ def bench_dispatch(standin, n, threads):
         "cores": cpu / t_sent,
         "requests": counters.invokes - counters0.invokes,
         "throttled": counters.throttled - counters0.throttled,
+        "lists": host_requests["list"],
     }
 
 
@@ -417,6 +421,12 @@ def print_table(rows, indent="   "):
             print(indent + "  ".join("-" * w for w in widths))
 
 
+def lap(since):
+    now = time.perf_counter()
+    print(f"   (section: {now - since:.1f} s)")
+    return now
+
+
 def print_e2e(label, r, n):
     lo, total = r["ramp_bound"]
     print(f"   {label}: {r['invocations']:,} invokes sent in {r['sent']:.2f} s ({r['rate']:,.0f} invokes/s; map() "
@@ -435,7 +445,8 @@ def main() -> int:
     parser.add_argument("--b-calls", type=int, default=None, help="calls in B and C (default 1,000)")
     parser.add_argument("--e2e", type=int, default=0, metavar="N",
                         help="also run A's map as shipped (ramp on, events run) end to end with N calls, 64 threads")
-    parser.add_argument("--no-c", action="store_true", help="skip section C")
+    parser.add_argument("--c", action="store_true",
+                        help="run section C (always with --quick; off in the full run, which stays under 3 minutes)")
     parser.add_argument("--diagnose", action="store_true", help="run section D even if A meets its target")
     parser.add_argument("--workers", type=int, default=2, help="worker processes behind the stand-in (default 2)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -454,17 +465,18 @@ def main() -> int:
     with aws_standin(workers=args.workers) as standin:
         print(f"stand-in: Lambda endpoint {standin.lambda_url}, S3 (moto) {standin.s3_url}, {args.workers} workers")
 
+        section = time.perf_counter()
         print(f"\nA. Invoke dispatch: {calls:,} trivial calls, {LATENCY * 1000:g} ms invoke latency, "
               f"max_concurrency {MAX_CONCURRENCY:,}; time from map() to backend.sent == {calls:,}")
         rows = [("invoke_threads", "map() returns", "all sent", "invokes/s", "threads/latency", "host CPU/invoke",
-                 "host busy", "requests")]
+                 "host busy", "invoke requests", "monitor LISTs")]
         a = []
         for t in threads:
             r = bench_dispatch(standin, calls, t)
             a.append(r)
             rows.append((f"{t}{' (default)' if t == DEFAULT_THREADS else ''}", f"{r['map']:.2f} s", f"{r['sent']:.2f} s",
                          f"{r['rate']:,.0f}", f"{r['ceiling']:,.0f}", f"{r['cpu_per_invoke'] * 1000:.2f} ms",
-                         f"{r['cores']:.2f} cores", f"{r['requests']:,}"))
+                         f"{r['cores']:.2f} cores", f"{r['requests']:,}", f"{r['lists']:,}"))
         print_table(rows)
         print(f"   target: >= {TARGET_INVOKES_PER_S:,.0f} invokes/s. threads/latency is the ceiling the latency alone "
               "sets; host CPU/invoke is this process's CPU time (stand-in server included) per invoke")
@@ -483,6 +495,7 @@ def main() -> int:
             summary.append((f"dispatch, {r['threads']} threads", f"{r['rate']:,.0f} invokes/s",
                             f"{r['rate'] / r['ceiling']:.0%} of threads/latency", f">= {TARGET_INVOKES_PER_S:,.0f}",
                             r["rate"] >= TARGET_INVOKES_PER_S))
+        section = lap(section)
 
         if args.e2e:
             print(f"\nA'. The same map as shipped, end to end: {args.e2e:,} calls, {DEFAULT_THREADS} threads, "
@@ -492,6 +505,7 @@ def main() -> int:
             summary.append((f"dispatch as shipped, {args.e2e:,} calls", f"{e['rate']:,.0f} invokes/s",
                             f"all results {e['all']:.1f} s", f">= {TARGET_INVOKES_PER_S:,.0f}",
                             e["rate"] >= TARGET_INVOKES_PER_S))
+            section = lap(section)
 
         print(f"\nB. A {b_calls:,}-call map end to end through the stand-in ({DEFAULT_THREADS} threads, "
               f"{LATENCY * 1000:g} ms latency, events run): storage requests per call")
@@ -508,8 +522,9 @@ def main() -> int:
                         f"<= {TARGET_REQUESTS:g}", b["per_call"] <= TARGET_REQUESTS))
         summary.append((f"{b_calls:,} calls end to end", f"{b['all']:.2f} s", f"{b['calls_per_s']:,.0f} calls/s",
                         "-", True))
+        section = lap(section)
 
-        if not args.no_c:
+        if args.c or quick:
             print(f"\nC. The same {b_calls:,}-call map with chunksize=10")
             storage = CountingStorage(make_storage(aws_settings(standin)))
             c = bench_end_to_end(standin, b_calls, DEFAULT_THREADS, chunksize=10, storage=storage)
@@ -520,9 +535,10 @@ def main() -> int:
             print(f"   per call {c['per_call']:.2f}; end to end {b['all'] / c['all']:.1f}x faster than chunksize=1")
             summary.append(("requests per call, chunksize=10", f"{c['per_call']:.2f}", f"{c['all']:.2f} s end to end",
                             f"<= {TARGET_REQUESTS:g}", c["per_call"] <= TARGET_REQUESTS))
+            section = lap(section)
 
         if args.diagnose or best["rate"] < TARGET_INVOKES_PER_S:
-            n = 300 if quick else 1000
+            n = 300 if quick else 500
             print(f"\nD. Where the dispatch time goes ({n:,} invokes one after another in one thread, no latency; "
                   "the stand-in drops the events)")
             if importlib.util.find_spec("yappi") is None:
@@ -548,14 +564,15 @@ def main() -> int:
                 print(f"      {label:<42} {v * 1000:6.2f} ms  {v / total:4.0%}")
             rest = total - sum(parts.values())
             print(f"      {'everything else (botocore event hooks etc.)':<42} {rest * 1000:6.2f} ms  {rest / total:4.0%}")
-            bc = d["boto3"]
-            cap_proc = 1 / default["cpu_per_invoke"]
-            cap_client = 1 / bc["thread_cpu"]
-            print(f"   reading: in A, {DEFAULT_THREADS} threads kept the host process {default['cores']:.2f} cores busy at "
-                  f"{default['cpu_per_invoke'] * 1000:.2f} ms CPU per invoke, so it tops out near {cap_proc:,.0f} invokes/s "
-                  f"whatever the thread count (the GIL runs one thread's Python at a time); boto3 alone costs "
-                  f"{bc['thread_cpu'] * 1000:.2f} ms CPU per invoke in the calling thread (<= {cap_client:,.0f}/s per "
-                  f"process even with the server elsewhere)")
+            bc, br = d["boto3"], d["boto3_read"]
+            print(f"   reading: in A, {default['threads']} threads kept the host process {default['cores']:.2f} cores busy "
+                  f"at {default['cpu_per_invoke'] * 1000:.2f} ms CPU per invoke, so it tops out near "
+                  f"{1 / default['cpu_per_invoke']:,.0f} invokes/s whatever the thread count (the GIL runs one thread's "
+                  f"Python at a time). boto3 alone costs {bc['thread_cpu'] * 1000:.2f} ms CPU per invoke in the calling "
+                  f"thread as the backend uses it ({br['thread_cpu'] * 1000:.2f} ms with the connection reused): at most "
+                  f"{1 / bc['thread_cpu']:,.0f} ({1 / br['thread_cpu']:,.0f}) invokes/s per process even with the "
+                  "server elsewhere")
+            lap(section)
 
     print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
     header = ("measure", "dask-wren", "compared", "target", "ok")

@@ -20,7 +20,7 @@ def backend_settings(request, tmp_path):
     """Executor settings for each backend: the local pool, and AWS Lambda through the stand-in."""
     if request.param == "local":
         return {"storage_dir": str(tmp_path / "store"), "workers": 2}
-    return dict(request.getfixturevalue("standin").settings_overrides, lost_call_grace=5)
+    return dict(request.getfixturevalue("standin").ensure_bucket().settings_overrides, lost_call_grace=5)
 
 
 @pytest.fixture

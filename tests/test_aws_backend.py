@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 class FakeLambda:
     """Speaks the two Lambda calls the backend makes; runs the real handler in a thread."""
 
-    def __init__(self, versions=None, drop=(), fail_invoke=False, missing=False):
+    def __init__(self, versions=None, drop=(), fail_invoke=None, missing=False):
         self.versions = dict(host_versions() if versions is None else versions)
         self.drop = set(drop)
         self.fail_invoke = fail_invoke
@@ -41,9 +41,7 @@ class FakeLambda:
         assert InvocationType == "Event"
         event = json.loads(Payload)
         if self.fail_invoke:
-            raise botocore.exceptions.ClientError(
-                {"Error": {"Code": "TooManyRequestsException", "Message": "Rate Exceeded."}}, "Invoke"
-            )
+            raise botocore.exceptions.ClientError({"Error": {"Code": self.fail_invoke, "Message": "no"}}, "Invoke")
         with self.lock:
             self.invoked.append(event)
             self.in_flight += 1
@@ -103,11 +101,21 @@ def test_no_credentials_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_an_invoke_that_fails_for_good_fails_its_calls(tmp_path):
-    ex, _ = make(tmp_path, FakeLambda(fail_invoke=True))
+    ex, _ = make(tmp_path, FakeLambda(fail_invoke="KMSAccessDeniedException"))
     with ex:
         f = ex.call_async(square, 3)
-        with pytest.raises(dask_wren.WrenError, match="invoke request to Lambda failed"):
+        with pytest.raises(dask_wren.WrenError, match="invoke request to Lambda failed.*KMSAccessDenied"):
             f.result(timeout=30)
+
+
+def test_endless_throttling_fails_after_the_throttle_timeout(tmp_path):
+    client = FakeLambda(fail_invoke="TooManyRequestsException")
+    ex, backend = make(tmp_path, client, throttle_timeout=1.0)
+    with ex:
+        f = ex.call_async(square, 3)
+        with pytest.raises(dask_wren.WrenError, match="TooManyRequestsException"):
+            f.result(timeout=30)
+    assert backend.throttled >= 1  # it paused and sent again before giving up
 
 
 def test_a_lost_call_fails_after_its_timeout_and_grace(tmp_path):

@@ -17,6 +17,7 @@ def triple(x):
 
 @pytest.fixture
 def faults(standin):
+    standin.ensure_bucket()
     standin.faults.reset()
     yield standin.faults
     standin.faults.reset()

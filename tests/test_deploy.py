@@ -410,7 +410,7 @@ def test_test_command_runs_ten_calls_through_the_aws_backend(standin, tmp_path, 
     """Through the offline stand-in (conftest's ``standin``: moto S3 and a local Lambda endpoint)."""
     import yaml
 
-    standin.faults.reset()
+    standin.ensure_bucket().faults.reset()
     nested = {}
     for key, value in standin.dask_config.items():
         *parents, leaf = key.split(".")

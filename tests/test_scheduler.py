@@ -28,7 +28,7 @@ def wren_backend(request, tmp_path):
     if request.param == "local":
         config = {"wren.backend": "local", "wren.storage.local-dir": str(tmp_path / "store"), "wren.local.workers": 2}
     else:
-        config = dict(request.getfixturevalue("standin").dask_config, **{"wren.aws.lost-call-grace": 5})
+        config = dict(request.getfixturevalue("standin").ensure_bucket().dask_config, **{"wren.aws.lost-call-grace": 5})
     with dask.config.set(config):
         yield request.param
 

@@ -36,14 +36,13 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from dask_wren.backends.base import Invocation, write_failure_records
+from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, write_failure_records
 from dask_wren.config import Settings
 from dask_wren.errors import BackendError, VersionMismatchError
 from lambda_worker import protocol, serialize
@@ -72,8 +71,9 @@ def host_versions() -> dict[str, str]:
     }
 
 
-class AWSLambdaBackend:
+class AWSLambdaBackend(ProgressListeners):
     def __init__(self, settings: Settings, client: Any = None):
+        super().__init__()
         self.function_name = settings.function_name
         self.region = settings.aws_region or settings.region
         self.max_concurrency = settings.max_concurrency
@@ -97,7 +97,6 @@ class AWSLambdaBackend:
         self._n_in_flight = 0
         self._ramp_start: float | None = None
         self._threads: list[threading.Thread] = []
-        self._listeners: list[Callable[[], None]] = []
         self._checked = False
         self._closed = False
         self.sent = 0  # invoke requests accepted by Lambda (for diagnostics and benchmarks)
@@ -122,14 +121,8 @@ class AWSLambdaBackend:
     def cancel(self, request_id: str, call_id: str) -> None:
         """Drop a call that has not been sent; a sent one runs, and its result is ignored."""
         with self._cond:
-            for inv in self._queue:
-                if _key(inv) == request_id:
-                    inv.cancelled.add(call_id)
-                    if inv.cancelled >= set(inv.call_ids):
-                        self._queue.remove(inv)
-                    elif "calls" in inv.event:
-                        inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
-                    return
+            if cancel_queued(self._queue, request_id, call_id):
+                return
             entry = self._in_flight.get(request_id)
             if entry is not None:
                 entry[0].cancelled.add(call_id)
@@ -146,15 +139,6 @@ class AWSLambdaBackend:
             if not entry[1]:
                 del self._in_flight[request_id]
             self._cond.notify_all()
-
-    def add_progress_listener(self, listener: Callable[[], None]) -> None:
-        with self._cond:
-            self._listeners.append(listener)
-
-    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
-        with self._cond:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -245,7 +229,7 @@ class AWSLambdaBackend:
                     if self._n_in_flight == 0 or self._n_in_flight + calls <= self._ceiling(time.monotonic()):
                         self._queue.popleft()
                         live = set(inv.call_ids) - inv.cancelled
-                        self._in_flight[_key(inv)] = [inv, live, None]
+                        self._in_flight[inv.key] = [inv, live, None]
                         self._n_in_flight += len(live)
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
@@ -276,7 +260,7 @@ class AWSLambdaBackend:
             self._throttle_streak = 0
             with self._cond:
                 self.sent += 1
-                entry = self._in_flight.get(_key(inv))
+                entry = self._in_flight.get(inv.key)
                 if entry is not None:
                     entry[2] = time.monotonic() + inv.timeout + self.grace
 
@@ -285,7 +269,7 @@ class AWSLambdaBackend:
         senders with jittered exponential backoff, honouring Retry-After, and send it again.
         False once the invocation has been throttled for longer than ``throttle_timeout``."""
         now = time.monotonic()
-        first = self._throttled_since.setdefault(_key(inv), now)
+        first = self._throttled_since.setdefault(inv.key, now)
         if now - first > self.throttle_timeout:
             return False
         headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -298,7 +282,7 @@ class AWSLambdaBackend:
             backoff = min(_THROTTLE_MAX_PAUSE, _THROTTLE_BASE_PAUSE * 2 ** min(self._throttle_streak, 10))
             pause = max(retry_after, random.uniform(backoff / 2, backoff))
             self._paused_until = max(self._paused_until, now + pause)
-            entry = self._in_flight.pop(_key(inv), None)
+            entry = self._in_flight.pop(inv.key, None)
             if entry is not None:
                 self._n_in_flight -= len(entry[1])
             self._queue.appendleft(inv)
@@ -311,13 +295,11 @@ class AWSLambdaBackend:
             write_failure_records(inv, kind, message)
         finally:
             with self._cond:
-                entry = self._in_flight.pop(_key(inv), None)
+                entry = self._in_flight.pop(inv.key, None)
                 if entry is not None:
                     self._n_in_flight -= len(entry[1])
-                listeners = list(self._listeners)
                 self._cond.notify_all()
-            for listener in listeners:
-                listener()
+            self.notify()
 
     def _watchdog(self) -> None:
         while True:
@@ -332,11 +314,11 @@ class AWSLambdaBackend:
                     if inv.attempt < self.retries and left:
                         # Invoke the calls still without a result again; a late original and its
                         # retry cannot both count: the first result record written wins.
-                        del self._in_flight[_key(inv)]
+                        del self._in_flight[inv.key]
                         self._n_in_flight -= len(entry[1])
                         retry.append(_retry_of(inv, left))
                 self._queue.extendleft(reversed(retry))
-                lost = [e[0] for e in overdue if _key(e[0]) in self._in_flight]
+                lost = [e[0] for e in overdue if e[0].key in self._in_flight]
                 if retry:
                     self._cond.notify_all()
                 self._cond.wait(timeout=min(1.0, max(0.05, self.grace / 4)))
@@ -348,11 +330,6 @@ class AWSLambdaBackend:
                     f"after {inv.attempt + 1} invocation(s): the Lambda invocations were lost (dropped, or their "
                     f"worker died); see CloudWatch log group /aws/lambda/{self.function_name}",
                 )
-
-
-def _key(inv: Invocation) -> str:
-    """Calls in flight are filed under their first invocation's request id, which futures know."""
-    return inv.origin or inv.request_id
 
 
 def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:

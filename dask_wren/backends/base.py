@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +25,47 @@ class Invocation:
     cancelled: set[str] = field(default_factory=set)
     attempt: int = 0  # retries of lost calls are new invocations of the same calls
     origin: str | None = None  # the request id of the first attempt
+
+    @property
+    def key(self) -> str:
+        """The request id the calls are filed under (the first attempt's, which futures know)."""
+        return self.origin or self.request_id
+
+
+def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:
+    """Drop ``call_id`` from the queued invocation filed as ``request_id``; False if not queued."""
+    for inv in queue:
+        if inv.key == request_id:
+            inv.cancelled.add(call_id)
+            if inv.cancelled >= set(inv.call_ids):
+                queue.remove(inv)
+            elif "calls" in inv.event:
+                inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
+            return True
+    return False
+
+
+class ProgressListeners:
+    """The callbacks a backend calls when results may have appeared (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._listeners_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def notify(self) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
 
 class Backend(Protocol):

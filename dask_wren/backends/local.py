@@ -38,10 +38,9 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
-from dask_wren.backends.base import Invocation, write_failure_records
+from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, write_failure_records
 from lambda_worker import protocol
 
 _STARTUP_FAILURES_ALLOWED = 3
@@ -111,17 +110,17 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-class LocalBackend:
+class LocalBackend(ProgressListeners):
     """A warm pool of ``workers`` processes running ``lambda_worker.handler.lambda_handler``."""
 
     def __init__(self, workers: int | None = None, memory_mb: int = 2048, function_name: str = "dask-wren-local"):
+        super().__init__()
         self.n_workers = workers or os.cpu_count() or 1
         self.memory_mb = memory_mb
         self.function_name = function_name
         self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
         self._lock = threading.Lock()
         self._inbox: deque[tuple] = deque()
-        self._listeners: list[Callable[[], None]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._closed = False
@@ -149,19 +148,15 @@ class LocalBackend:
         self._post(("invoke", invocations))
 
     def cancel(self, request_id: str, call_id: str) -> None:
-        self._post(("cancel", request_id, call_id))
+        """Returns once the dispatcher has acted: a call waiting in a worker's pipe is withdrawn
+        before the call ahead of it can finish and let it start."""
+        acted = threading.Event()
+        self._post(("cancel", request_id, call_id, acted))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            acted.wait(timeout=5)
 
     def call_done(self, request_id: str, call_id: str) -> None:
         """Nothing to do: the pool knows when its workers finish."""
-
-    def add_progress_listener(self, listener: Callable[[], None]) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
 
     def worker_pids(self) -> list[int]:
         """PIDs of the live worker processes (for diagnostics and tests)."""
@@ -185,10 +180,6 @@ class LocalBackend:
             self._wake_w.send(b"x")
         except OSError:
             pass
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
 
     def _run(self) -> None:
         try:
@@ -235,22 +226,17 @@ class LocalBackend:
                 if self._broken:
                     for inv in message[1]:
                         write_failure_records(inv, protocol.FAIL_WORKER_DIED, self._broken)
-                    self._notify()
+                    self.notify()
                 else:
                     self._queue.extend(message[1])
             elif kind == "cancel":
                 self._cancel(message[1], message[2])
+                message[3].set()
         return True
 
     def _cancel(self, request_id: str, call_id: str) -> None:
-        for inv in self._queue:
-            if inv.request_id == request_id:
-                inv.cancelled.add(call_id)
-                if inv.cancelled >= set(inv.call_ids):
-                    self._queue.remove(inv)
-                elif "calls" in inv.event:
-                    inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
-                return
+        if cancel_queued(self._queue, request_id, call_id):
+            return
         for w in self._workers:
             for position, inv in enumerate(w.sent):
                 if inv.request_id != request_id:
@@ -315,7 +301,7 @@ class LocalBackend:
                         if error:
                             write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
                     w.started = now
-                    self._notify()
+                    self.notify()
         except (EOFError, OSError):
             self._lost(w, None)
 
@@ -352,13 +338,13 @@ class LocalBackend:
                 for pending in list(self._queue) + ([inv] if inv else []):
                     write_failure_records(pending, protocol.FAIL_WORKER_DIED, self._broken)
                 self._queue.clear()
-                self._notify()
+                self.notify()
                 return
         if inv is not None:
             if kind == protocol.FAIL_TIMEOUT:
                 message = f"the call {message}"
             write_failure_records(inv, kind, message)
-            self._notify()
+            self.notify()
 
 
 _shared: dict[tuple, LocalBackend] = {}

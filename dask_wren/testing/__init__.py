@@ -104,6 +104,12 @@ class StandIn:
             "wren.aws.function-name": self.function_name,
         }
 
+    def ensure_bucket(self) -> StandIn:
+        """Create the bucket again if it is gone (moto's in-process mocks reset the state that
+        its server shares when they stop); returns the stand-in."""
+        _ensure_bucket(self.s3_url, self.bucket)
+        return self
+
     def s3_client(self, **kwargs: Any) -> Any:
         import boto3
 

@@ -86,7 +86,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from dask_wren.backends.base import Invocation, write_failure_records
 from dask_wren.backends.local import LocalBackend, describe_exit
-from lambda_worker import protocol, serialize
+from lambda_worker import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +101,9 @@ _LOG_TAIL_BYTES = 4096
 
 def default_environment() -> dict[str, str]:
     """The version variables a deployed dask-wren function carries, with this host's values."""
-    try:  # the names the AWS backend's preflight check reads
-        from dask_wren.backends.aws import host_versions
-    except ImportError:
-        pass
-    else:
-        return dict(host_versions())
-    import dask
+    from dask_wren.backends.aws import host_versions
 
-    versions = serialize.runtime_versions()
-    return {
-        "DASK_WREN_PYTHON": versions["python"],
-        "DASK_WREN_CLOUDPICKLE": versions["cloudpickle"],
-        "DASK_WREN_DASK": dask.__version__,
-        "DASK_WREN_PROTOCOL": str(protocol.PROTOCOL_VERSION),
-    }
+    return dict(host_versions())
 
 
 # -- faults --------------------------------------------------------------------------------------
