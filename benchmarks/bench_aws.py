@@ -365,10 +365,10 @@ _PARTS = [
     ("send the request", "urllib3/connection.py", "request"),
     ("wait for + read the response", "urllib3/connection.py", "getresponse"),
     ("parse the response", "botocore/parsers.py", "parse"),
-    ("retry handler + adaptive rate limiter", "botocore/retries/adaptive.py", "on_sending_request"),
-    ("retry handler + adaptive rate limiter", "botocore/retries/adaptive.py", "on_receiving_response"),
-    ("retry handler + adaptive rate limiter", "botocore/retryhandler.py", "__call__"),
-    ("retry handler + adaptive rate limiter", "botocore/retries/standard.py", "needs_retry"),
+    ("retry handler (+ adaptive rate limiter)", "botocore/retries/adaptive.py", "on_sending_request"),
+    ("retry handler (+ adaptive rate limiter)", "botocore/retries/adaptive.py", "on_receiving_response"),
+    ("retry handler (+ adaptive rate limiter)", "botocore/retryhandler.py", "__call__"),
+    ("retry handler (+ adaptive rate limiter)", "botocore/retries/standard.py", "needs_retry"),
 ]
 
 

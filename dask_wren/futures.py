@@ -49,6 +49,7 @@ class WrenFuture(cf.Future):
         self._load_lock = threading.Lock()
         self._on_cancel: Callable[[WrenFuture], None] | None = None
         self._detached = False
+        self.tag: Any = None  # whatever the submitter wants to find again (wren_get: the task key)
 
     def __repr__(self) -> str:
         return f"<WrenFuture {self.job_id}/{self.call_id} {self._state.lower()}>"

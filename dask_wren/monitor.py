@@ -109,6 +109,8 @@ class Monitor:
                     future.set_exception(failure)
                 except Exception:
                     pass  # cancelled meanwhile
+            if self.on_resolved is not None:
+                self.on_resolved(future)
 
     def _read_header(self, key: str) -> bytes:
         """The start of a large record: its whole header and as little payload as possible."""

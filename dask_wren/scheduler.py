@@ -29,7 +29,7 @@ import os
 import queue
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -286,12 +286,13 @@ class _Compute:
             payloads.append((self.dsk[key], inputs))
         limit = self.executor.settings.map_item_limit
         for start in range(0, len(batch), limit):
-            futures = self.executor.map(run_task, payloads[start : start + limit])
-            for key, future in zip(batch[start : start + limit], futures, strict=True):
-                self.futures.add(future)
-                future.add_done_callback(lambda f, key=key: self._remote_done(key, f))
+            keys = batch[start : start + limit]
+            self.futures.update(
+                self.executor.map_with_listener(run_task, payloads[start : start + limit], keys, self._remote_done)
+            )
 
-    def _remote_done(self, key, future: Future) -> None:
+    def _remote_done(self, future: WrenFuture) -> None:
+        key = future.tag
         if future.cancelled():
             return
         error = future.exception()

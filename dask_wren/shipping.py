@@ -73,9 +73,9 @@ class _ModuleRecorder(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _dump(obj: Any, modules: set[str], shared: _SharedFunctions | None = None) -> bytes:
+def _dump(obj: Any, modules: set[str]) -> bytes:
     buf = io.BytesIO()
-    _ModuleRecorder(buf, modules, shared).dump(obj)
+    _ModuleRecorder(buf, modules).dump(obj)
     return buf.getvalue()
 
 
@@ -183,9 +183,7 @@ def pickle_payload(
                     cloudpickle.register_pickle_by_value(sys.modules[m])
                     registered.append(m)
                 shared = _SharedFunctions()
-                arg_bytes = [
-                    _dump_named(a, seen, f"argument {i} ({type(a).__name__})", shared) for i, a in enumerate(args)
-                ]
+                arg_bytes = _dump_each(args, seen, shared)
                 job_function = (func, shared.token, shared.functions)
                 func_bytes = _dump_named(job_function, seen, _describe_func(func))
             finally:
@@ -198,17 +196,38 @@ def pickle_payload(
         ship |= new
 
 
+def _dump_each(args: Sequence[Any], seen: set[str], shared: _SharedFunctions) -> list[bytes]:
+    """Pickle each argument on its own (each call reads only its own bytes), with one pickler."""
+    buf = io.BytesIO()
+    pickler = _ModuleRecorder(buf, seen, shared)
+    out = []
+    for i, arg in enumerate(args):
+        buf.seek(0)
+        buf.truncate()
+        pickler.clear_memo()
+        try:
+            pickler.dump(arg)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as e:
+            raise _serialization_error(f"argument {i} ({type(arg).__name__})", e) from e
+        out.append(buf.getvalue())
+    return out
+
+
+def _serialization_error(what: str, e: Exception) -> SerializationError:
+    return SerializationError(
+        f"cannot serialize the {what}: {type(e).__name__}: {e}. Everything sent to a worker "
+        "must be picklable by cloudpickle: create locks, open files, sockets and clients "
+        "inside the function instead of capturing them."
+    )
+
+
 def _describe_func(func: Any) -> str:
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     return f"function {name!r}"
 
 
-def _dump_named(obj: Any, seen: set[str], what: str, shared: _SharedFunctions | None = None) -> bytes:
+def _dump_named(obj: Any, seen: set[str], what: str) -> bytes:
     try:
-        return _dump(obj, seen, shared)
+        return _dump(obj, seen)
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as e:
-        raise SerializationError(
-            f"cannot serialize the {what}: {type(e).__name__}: {e}. Everything sent to a worker "
-            "must be picklable by cloudpickle: create locks, open files, sockets and clients "
-            "inside the function instead of capturing them."
-        ) from e
+        raise _serialization_error(what, e) from e
