@@ -1,5 +1,6 @@
 """The AWS Lambda backend against a fake Lambda client (the full path runs in test_standin)."""
 
+import io
 import json
 import threading
 
@@ -49,7 +50,7 @@ class FakeLambda:
         calls = {c["id"] for c in event.get("calls", [])}
         if not calls & self.drop:
             threading.Thread(target=self._run, args=(event,), daemon=True).start()
-        return {"StatusCode": 202}
+        return {"StatusCode": 202, "Payload": io.BytesIO(b"")}
 
     def _run(self, event):
         self.release.wait(30)
@@ -156,3 +157,18 @@ def test_cancel_a_call_not_yet_sent(tmp_path):
         client.release.set()
         assert [futures[0].result(), futures[1].result()] == [0, 1]
     assert {c["id"] for e in client.invoked for c in e["calls"]} == {"000000", "000001"}
+
+
+def test_the_ramp_starts_afresh_after_the_backend_goes_idle(tmp_path):
+    client = FakeLambda()
+    ex, backend = make(tmp_path, client)
+    with ex:
+        ex.map(square, [1])[0].result()
+        first = backend._ramp_start
+        idle = threading.Event()
+        for _ in range(500):  # the monitor tells the backend just after the future resolves
+            if backend._n_in_flight == 0:
+                break
+            idle.wait(0.01)
+        ex.map(square, [2])[0].result()
+        assert backend._ramp_start is not None and backend._ramp_start > first

@@ -114,6 +114,8 @@ class AWSLambdaBackend(ProgressListeners):
         with self._cond:
             if self._closed:
                 raise RuntimeError("this AWS backend has been shut down")
+            if self._n_in_flight == 0 and not self._queue:
+                self._ramp_start = time.monotonic()  # idle: the next burst starts afresh
             self._queue.extend(invocations)
             self._start_threads()
             self._cond.notify_all()
@@ -209,8 +211,6 @@ class AWSLambdaBackend(ProgressListeners):
     def _ceiling(self, now: float) -> int:
         if self._ramp_start is None:
             self._ramp_start = now
-        if self._n_in_flight == 0 and not self._queue:
-            self._ramp_start = now  # idle: the next burst starts afresh
         ramp = _BURST + _RAMP_PER_S * (now - self._ramp_start)
         return int(min(self.max_concurrency, ramp))
 
@@ -247,6 +247,9 @@ class AWSLambdaBackend(ProgressListeners):
                     InvocationType="Event",
                     Payload=json.dumps(inv.event).encode(),
                 )
+                # Read the (empty) body so urllib3 returns the connection to its pool: otherwise
+                # every invoke opens a new connection (a TLS handshake each, on AWS).
+                response["Payload"].read()
                 if response.get("StatusCode") != 202:
                     raise BackendError(f"Lambda answered {response.get('StatusCode')} to an async invoke")
             except botocore.exceptions.ClientError as e:
