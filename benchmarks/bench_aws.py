@@ -39,7 +39,6 @@ import os
 import pstats
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from urllib.parse import urlsplit
@@ -47,6 +46,7 @@ from urllib.parse import urlsplit
 import boto3
 import botocore
 import urllib3.connection
+from _common import CountingStorage, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from dask_wren.backends import aws as aws_backend
 from dask_wren.config import Settings, make_storage
@@ -59,7 +59,6 @@ TARGET_REQUESTS = 4.0  # storage requests per call
 LATENCY = 0.02  # seconds the stand-in takes to answer an invoke request in A and B
 MAX_CONCURRENCY = 20_000
 DEFAULT_THREADS = 64
-S3_LIST_PAGE = 1000  # keys per LIST response on S3: a listing of more keys costs more requests
 STALL_S = 60.0  # give up on a measurement when nothing was sent for this long
 
 
@@ -73,56 +72,6 @@ def check(results, n):
 
 
 # -- storage request counting -----------------------------------------------------------------
-
-
-class CountingStorage:
-    """Wraps a store and counts the requests made through it (by this process only).
-
-    ``list`` counts one request per started listing, or one per ``S3_LIST_PAGE`` keys listed,
-    as S3 would charge; ``listed`` is the number of keys the listings returned.
-    """
-
-    _METHODS = ("put", "put_if_absent", "get", "get_range", "exists", "delete", "delete_prefix")
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.counts = Counter()
-        self.listed = 0
-        self._lock = threading.Lock()
-
-    def spec(self):
-        return self.inner.spec()
-
-    def __repr__(self):
-        return f"CountingStorage({self.inner!r})"
-
-    def _count(self, name, n=1):
-        with self._lock:
-            self.counts[name] += n
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name in self._METHODS:
-            def counted(*args, **kwargs):
-                self._count(name)
-                return attr(*args, **kwargs)
-            return counted
-        return attr
-
-    def list(self, prefix, start_after=None):
-        n = 0
-        try:
-            for item in self.inner.list(prefix, start_after=start_after):
-                n += 1
-                yield item
-        finally:
-            self._count("list", max(1, math.ceil(n / S3_LIST_PAGE)))
-            with self._lock:
-                self.listed += n
-
-    def snapshot(self):
-        with self._lock:
-            return Counter(self.counts)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -601,18 +550,7 @@ def main() -> int:
                   "server elsewhere")
             lap(section)
 
-    print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
-    header = ("measure", "dask-wren", "compared", "target", "ok")
-    verdict = {True: "yes", False: "NO"}
-    table = [header] + [(a_, b_, c_, d_, "-" if quick or d_ == "-" else verdict[ok]) for a_, b_, c_, d_, ok in summary]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print(("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))).rstrip())
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    if quick:
-        print("  (quick run: fewer calls, so the targets, set for the full run, are not judged)")
-    missed = [row[0] for row in summary if not row[4]]
+    missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: fewer calls, so the targets, set for the full run, are not judged")
     if missed and args.strict:
         return 1
     return 0

@@ -24,18 +24,17 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import concurrent.futures as cf  # noqa: E402
 import contextlib  # noqa: E402
-import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import CountingStorage, fmt_s, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from dask_wren.backends.local import LocalBackend  # noqa: E402
 from dask_wren.config import Settings  # noqa: E402
@@ -45,7 +44,6 @@ from lambda_worker.storage.local import LocalStorage  # noqa: E402
 TARGET_TRIVIAL_S = 1.0  # 1,000 trivial calls end to end
 TARGET_SPEEDUP = 1.9  # section B on 2 cores
 TARGET_REQUESTS = 4.0  # storage requests per call
-S3_LIST_PAGE = 1000  # keys per LIST response on S3: a listing of more keys costs more requests
 
 
 # -- the work ---------------------------------------------------------------------------------
@@ -98,56 +96,6 @@ def calibrate(seconds):
 
 
 # -- storage request counting -----------------------------------------------------------------
-
-
-class CountingStorage:
-    """Wraps a store and counts the requests made through it (by this process only).
-
-    ``list`` counts one request per started listing, or one per ``S3_LIST_PAGE`` keys listed,
-    as S3 would charge; ``listed`` is the number of keys the listings returned.
-    """
-
-    _METHODS = ("put", "put_if_absent", "get", "get_range", "exists", "delete_prefix")
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.counts = Counter()
-        self.listed = 0
-        self._lock = threading.Lock()
-
-    def spec(self):
-        return self.inner.spec()
-
-    def __repr__(self):
-        return f"CountingStorage({self.inner!r})"
-
-    def _count(self, name, n=1):
-        with self._lock:
-            self.counts[name] += n
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name in self._METHODS:
-            def counted(*args, **kwargs):
-                self._count(name)
-                return attr(*args, **kwargs)
-            return counted
-        return attr
-
-    def list(self, prefix, start_after=None):
-        n = 0
-        try:
-            for item in self.inner.list(prefix, start_after=start_after):
-                n += 1
-                yield item
-        finally:
-            self._count("list", max(1, math.ceil(n / S3_LIST_PAGE)))
-            with self._lock:
-                self.listed += n
-
-    def snapshot(self):
-        with self._lock:
-            return Counter(self.counts)
 
 
 # -- measurements -----------------------------------------------------------------------------
@@ -294,10 +242,6 @@ def bench_requests(settings, n):
 # -- report -----------------------------------------------------------------------------------
 
 
-def fmt_s(xs):
-    return f"{statistics.median(xs):7.3f} s median, {min(xs):7.3f} s min"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer, shorter calls, one repeat")
@@ -380,18 +324,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
-    header = ("measure", "dask-wren", "compared", "target", "ok")
-    verdict = {True: "yes", False: "NO"}
-    table = [header] + [(a, b_, c_, d, "-" if quick else verdict[ok]) for a, b_, c_, d, ok in summary]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print(("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))).rstrip())
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    if quick:
-        print("  (quick run: fewer and shorter calls, so the targets, set for the full run, are not judged)")
-    missed = [row[0] for row in summary if not row[4]]
+    missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: fewer and shorter calls, so the targets, set for the full run, are not judged")
     if missed and args.strict:
         return 1
     return 0

@@ -35,6 +35,7 @@ import cloudpickle
 import dask
 import dask.bag as db
 import dask.threaded
+from _common import fmt_s, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from dask.callbacks import Callback
 from dask.local import get_sync
 
@@ -481,10 +482,6 @@ def print_profile(kind, dsk, key, expected, n, top):
 # -- report -----------------------------------------------------------------------------------
 
 
-def fmt_s(xs):
-    return f"{statistics.median(xs):7.3f} s median, {min(xs):7.3f} s min"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (~10 s): smaller graphs, one repeat")
@@ -568,19 +565,8 @@ def main() -> int:
         for kind, (dsk, key), n in graphs:
             print_profile(kind, dsk, key, tasks, n, args.top)
 
-    print(f"\nSummary ({time.perf_counter() - started:.1f} s in all{', quick run' if quick else ''})")
-    header = ("measure", "dask-wren", "compared", "target", "ok")
-    verdict = {True: "yes", False: "NO", None: "-"}
-    table = [header] + [(a, b, c, d, "-" if quick else verdict[ok]) for a, b, c, d, ok in summary]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print(("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))).rstrip())
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    if quick:
-        print("  (quick run: smaller graphs, so the targets, set for the full run, are not judged)")
-    missed = [row[0] for row in summary if row[4] is False]
-    if missed and args.strict and not quick:
+    missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: smaller graphs, so the targets, set for the full run, are not judged")
+    if missed and args.strict:
         return 1
     return 0
 
