@@ -23,6 +23,8 @@ FIRST_COMPLETED = cf.FIRST_COMPLETED
 ALWAYS = "ALWAYS"
 
 _NOT_LOADED = object()
+_CONDITION_LOCK = threading.Lock()  # creates each future's Condition exactly once
+_DONE_STATES = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
 _DETACHED_POLL = (0.005, 0.5)  # first and longest pause between storage checks of a detached future
 
 
@@ -36,7 +38,13 @@ class WrenFuture(cf.Future):
     """
 
     def __init__(self, storage: Storage, key: str, job_id: str, call_id: str):
-        super().__init__()
+        # cf.Future.__init__ without its Condition, which ``_condition`` creates on first use: a
+        # Dask compute makes 100,000 futures and most are never waited on one by one.
+        self._state = cf._base.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self.storage = storage
         self.key = key
         self.job_id = job_id
@@ -50,6 +58,36 @@ class WrenFuture(cf.Future):
         self._on_cancel: Callable[[WrenFuture], None] | None = None
         self._detached = False
         self.tag: Any = None  # whatever the submitter wants to find again (wren_get: the task key)
+
+    @property
+    def _condition(self) -> threading.Condition:
+        cond = self.__dict__.get("_cond")
+        if cond is None:
+            with _CONDITION_LOCK:
+                cond = self.__dict__.get("_cond")
+                if cond is None:
+                    cond = self.__dict__["_cond"] = threading.Condition()
+        return cond
+
+    def _finish_unobserved(self, result: Any, exception: BaseException | None) -> bool:
+        """Finish without creating the Condition if there is none yet.  That means nobody has
+        waited, registered a callback or cancelled (each of those creates it first, under the
+        same lock), so there is no one to notify.  False: take the stdlib path."""
+        with _CONDITION_LOCK:
+            if "_cond" in self.__dict__:
+                return False
+            if self._state in _DONE_STATES:
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+            self._result, self._exception, self._state = result, exception, cf._base.FINISHED
+        return True
+
+    def set_result(self, result: Any) -> None:
+        if not self._finish_unobserved(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._finish_unobserved(None, exception):
+            super().set_exception(exception)
 
     def __repr__(self) -> str:
         return f"<WrenFuture {self.job_id}/{self.call_id} {self._state.lower()}>"
@@ -85,7 +123,8 @@ class WrenFuture(cf.Future):
     def result(self, timeout: float | None = None) -> Any:
         if self._detached:
             self._await_detached(timeout)
-        super().result(timeout)
+        if self._state != cf._base.FINISHED or self._exception is not None:
+            super().result(timeout)  # waits, or raises the call's exception
         with self._load_lock:
             if self._value is _NOT_LOADED:
                 try:
@@ -102,12 +141,19 @@ class WrenFuture(cf.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._detached:
             self._await_detached(timeout)
+        if self._state == cf._base.FINISHED:
+            return self._exception
         return super().exception(timeout)
 
+    # Reading the state needs no lock (one attribute, written last): checking thousands of
+    # futures then creates no Conditions.
     def done(self) -> bool:
-        if self._detached and not super().done():
+        if self._detached and self._state not in _DONE_STATES:
             self._poll_detached()
-        return super().done()
+        return self._state in _DONE_STATES
+
+    def cancelled(self) -> bool:
+        return self._state in _DONE_STATES[:2]
 
     def succeeded(self) -> bool:
         return self.done() and not self.cancelled() and self.exception() is None
@@ -138,7 +184,7 @@ class WrenFuture(cf.Future):
     def _await_detached(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _DETACHED_POLL[0]
-        while not super().done() and not self._poll_detached():
+        while self._state not in _DONE_STATES and not self._poll_detached():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise cf.TimeoutError(f"no result for {self.job_id}/{self.call_id} within {timeout} s")
