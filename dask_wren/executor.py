@@ -46,7 +46,7 @@ class Executor:
         self._job_counter = itertools.count()
         self._jobs: list[str] = []
         self._futures: list[WrenFuture] = []
-        self._job_listeners: dict[str, Callable[[WrenFuture], None]] = {}
+        self._job_listeners: dict[str, Callable[[list[WrenFuture]], None]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self.monitor = Monitor(
@@ -189,37 +189,45 @@ class Executor:
             self._jobs.append(job_id)
         return job_id
 
-    def _make_future(self, job_id: str, call_id: str) -> WrenFuture:
+    def _make_future(self, job_id: str, call_id: str, tracked: bool = True) -> WrenFuture:
         f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
         f._on_cancel = self._cancel
-        with self._lock:
-            self._futures.append(f)
+        if tracked:
+            with self._lock:
+                self._futures.append(f)
         return f
 
-    def _call_done(self, future: WrenFuture) -> None:
-        """The monitor resolved ``future``: tell the backend, and the job's listener if any."""
-        request_id = future.stats.get("request_id_sent")
-        if request_id is not None:
-            self.backend.call_done(request_id, future.call_id)
-        listener = self._job_listeners.get(future.job_id)
+    def _call_done(self, futures: list[WrenFuture]) -> None:
+        """The monitor resolved ``futures`` (of one job): tell the backend, and the job's listener."""
+        for future in futures:
+            request_id = future.stats.get("request_id_sent")
+            if request_id is not None:
+                self.backend.call_done(request_id, future.call_id)
+        listener = self._job_listeners.get(futures[0].job_id)
         if listener is not None:
-            listener(future)
+            listener(futures)
 
     def map_with_listener(
-        self, func: Callable, items: list[Any], tags: list[Any], listener: Callable[[WrenFuture], None]
+        self, func: Callable, items: list[Any], tags: list[Any], listener: Callable[[list[WrenFuture]], None]
     ) -> list[WrenFuture]:
-        """``map``, calling ``listener(future)`` from the monitor as each call resolves; each
-        future's ``tag`` is set (before anything is invoked) from ``tags``.
+        """``map`` for a caller that tracks its own futures (the Dask scheduler).
 
-        Cheaper than a done-callback per future when a caller (the Dask scheduler) watches
-        thousands of them.
+        ``listener(futures)`` is called from the monitor with each batch of futures that
+        resolved together; each future's ``tag`` is set from ``tags`` before anything is invoked.
+        The executor does not keep these futures (``wait()``, ``get_result()`` and
+        ``shutdown()`` do not see them): the caller cancels what it no longer needs and calls
+        ``drop_listener(job_id)`` when done.
         """
         job_id = self._new_job_id()
         self._job_listeners[job_id] = listener
-        futures = [self._make_future(job_id, protocol.call_id_for(i)) for i in range(len(items))]
+        futures = [self._make_future(job_id, protocol.call_id_for(i), tracked=False) for i in range(len(items))]
         for future, tag in zip(futures, tags, strict=True):
             future.tag = tag
         return self._submit(func, items, None, (), (), None, None, job_id=job_id, futures=futures)
+
+    def drop_listener(self, job_id: str) -> None:
+        """Forget the listener of a ``map_with_listener`` job."""
+        self._job_listeners.pop(job_id, None)
 
     def _cancel(self, future: WrenFuture) -> None:
         self.monitor.forget(future.job_id, future.call_id)

@@ -42,7 +42,7 @@ class Monitor:
         storage: Storage,
         poll_interval: float,
         inline_limit: int,
-        on_resolved: Callable[[WrenFuture], None] | None = None,
+        on_resolved: Callable[[list[WrenFuture]], None] | None = None,
     ):
         self.storage = storage
         self.on_resolved = on_resolved
@@ -109,8 +109,8 @@ class Monitor:
                     future.set_exception(failure)
                 except Exception:
                     pass  # cancelled meanwhile
-            if self.on_resolved is not None:
-                self.on_resolved(future)
+        if self.on_resolved is not None and futures:
+            self.on_resolved(futures)
 
     def _read_header(self, key: str) -> bytes:
         """The start of a large record: its whole header and as little payload as possible."""
@@ -135,10 +135,11 @@ class Monitor:
             if job.list_failures >= _LIST_FAILURES_ALLOWED:
                 self._fail_job(job_id, job, e)
             return
-        for key, call_id, size in found:
-            with self._lock:
-                future = job.futures.pop(call_id, None)
-            job.seen.add(call_id)
+        with self._lock:
+            pending = [(key, job.futures.pop(call_id, None), size) for key, call_id, size in found]
+        job.seen.update(call_id for _, call_id, _ in found)
+        resolved = []
+        for key, future, size in pending:
             if future is None:
                 continue
             try:
@@ -149,8 +150,9 @@ class Monitor:
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)
-            if self.on_resolved is not None:
-                self.on_resolved(future)
+            resolved.append(future)
+        if self.on_resolved is not None and resolved:
+            self.on_resolved(resolved)  # once per round: its consumers take a batch at a time
         with self._lock:
             if not job.futures and self._jobs.get(job_id) is job:
                 del self._jobs[job_id]

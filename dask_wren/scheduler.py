@@ -10,6 +10,8 @@ State (the scheduling thread only; ``state`` is dask.local's dict, which Progres
     state["cache"]   key -> a host value, or a ``_Remote`` handle to a result left in storage
     _refs            storage key -> how many cache entries point at it (aliases share one)
     _futures         remote futures in flight, cancelled if the compute fails
+    _jobs            the executor jobs this compute submitted (their listeners are dropped at the end)
+    done             a queue of lists of (key, value or _Remote, exception, worker): finished tasks
 
 Placement, decided the moment a task becomes ready:
     1. ``dask.annotate(wren="local" | "remote")`` or a ``@local`` / ``@remote`` marker on any
@@ -180,6 +182,7 @@ class _Compute:
         self.done: queue.Queue = queue.Queue()
         self.pool: ThreadPoolExecutor | None = None
         self.futures: set[WrenFuture] = set()
+        self.jobs: list[str] = []
         self.refs: Counter[str] = Counter()
         self.doomed: list[str] = []
 
@@ -234,7 +237,7 @@ class _Compute:
                 f(key, self.dsk, state)
             node = self.dsk[key]
             if isinstance(node, Alias):
-                self.done.put((key, cache[node.target], None, "host"))
+                self.done.put([(key, cache[node.target], None, "host")])
                 continue
             deps = deps_of[key]
             if self._placement(key, node, deps, cache) == LOCAL:
@@ -272,9 +275,9 @@ class _Compute:
         try:
             value = node({d: _value(v) for d, v in inputs.items()})
         except BaseException as e:  # noqa: BLE001 - handed to the scheduling thread, which raises it
-            self.done.put((key, None, e, "host"))
+            self.done.put([(key, None, e, "host")])
         else:
-            self.done.put((key, value, None, "host"))
+            self.done.put([(key, value, None, "host")])
 
     def _submit_remote(self, batch, cache, deps_of) -> None:
         payloads = []
@@ -287,26 +290,29 @@ class _Compute:
         limit = self.executor.settings.map_item_limit
         for start in range(0, len(batch), limit):
             keys = batch[start : start + limit]
-            self.futures.update(
-                self.executor.map_with_listener(run_task, payloads[start : start + limit], keys, self._remote_done)
-            )
+            futures = self.executor.map_with_listener(run_task, payloads[start : start + limit], keys, self._remote_done)
+            self.jobs.append(futures[0].job_id)
+            self.futures.update(futures)
 
-    def _remote_done(self, future: WrenFuture) -> None:
-        key = future.tag
-        if future.cancelled():
-            return
-        error = future.exception()
-        worker = future.stats.get("worker_pid", "worker")
-        self.done.put((key, None if error else _Remote(future), error, worker))
+    def _remote_done(self, futures: list[WrenFuture]) -> None:
+        finished = []
+        for future in futures:
+            if future.cancelled():
+                continue
+            error = future.exception()
+            worker = future.stats.get("worker_pid", "worker")
+            finished.append((future.tag, None if error else _Remote(future), error, worker))
+        if finished:
+            self.done.put(finished)
 
     # -- completion ---------------------------------------------------------------------------
 
     def _completed(self):
-        """Block for one finished task, then take every other one already finished."""
-        items = [self.done.get()]
+        """Block for finished tasks, then take every other one already finished."""
+        items = self.done.get()
         while True:
             try:
-                items.append(self.done.get_nowait())
+                items.extend(self.done.get_nowait())
             except queue.Empty:
                 return items
 
@@ -338,6 +344,8 @@ class _Compute:
     def close(self) -> None:
         for future in list(self.futures):
             future.cancel()
+        for job_id in self.jobs:
+            self.executor.drop_listener(job_id)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 

@@ -239,10 +239,15 @@ def test_a_failing_task_raises_its_exception_and_cancels_work_in_flight(tmp_path
     with Executor(Settings.from_config()) as ex:
         stuck = dask.delayed(slow_gate)(gate_path)
         failing = dask.delayed(explode)(7)
+        submitted = []
+        map_with_listener = ex.map_with_listener
+        ex.map_with_listener = lambda *a: submitted.extend(map_with_listener(*a)) or submitted[-len(a[1]):]
         with pytest.raises(Boom, match="task 7 failed"):
             dask.compute(stuck, failing, scheduler=wren_get, executor=ex)
-        assert all(f.done() for f in ex._futures)  # nothing left waiting
-        assert any(f.cancelled() for f in ex._futures)
+        assert len(submitted) == 2
+        assert all(f.done() for f in submitted)  # nothing left waiting
+        assert any(f.cancelled() for f in submitted)
+        assert not ex._job_listeners  # the compute let go of its jobs
     assert list(ex.storage.list(f"{ex.settings.prefix}/{ex.executor_id}")) == []
     open(gate_path, "w").close()  # on AWS a cancelled call keeps running: let it finish
 
