@@ -49,6 +49,7 @@ class Executor:
         self._job_listeners: dict[str, Callable[[list[WrenFuture]], None]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._cancel_hook = self._cancel  # one bound method for all futures
         self.monitor = Monitor(
             self.storage, self.settings.poll_interval, self.settings.result_inline_limit, on_resolved=self._call_done
         )
@@ -191,7 +192,7 @@ class Executor:
 
     def _make_future(self, job_id: str, call_id: str, tracked: bool = True) -> WrenFuture:
         f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
-        f._on_cancel = self._cancel
+        f._on_cancel = self._cancel_hook
         if tracked:
             with self._lock:
                 self._futures.append(f)
@@ -256,31 +257,31 @@ class Executor:
             offset += len(blob)
         self.storage.put(protocol.func_key(prefix, job_id), payload.func)
         self.storage.put(protocol.args_key(prefix, job_id), b"".join(payload.args))
-        spec = self.storage.spec()
+        base = protocol.build_event(
+            prefix=prefix, job_id=job_id, storage=self.storage.spec(), calls=[], timeout=timeout,
+            extra_env=env, host_versions=self._host_versions,
+            output_tail=self.settings.output_tail, submitted=submitted,
+        )
+        base_size = len(json.dumps(base))
         invocations = []
-        base_size = None
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]
-            calls = [{"id": c, "range": list(ranges[i])} for i, c in enumerate(ids, start)]
-            event = protocol.build_event(
-                prefix=prefix, job_id=job_id, storage=spec, calls=calls, timeout=timeout,
-                extra_env=env, host_versions=self._host_versions,
-                output_tail=self.settings.output_tail, submitted=submitted,
-            )
-            if base_size is None:
-                base_size = len(json.dumps(dict(event, calls=[])))
+            event = dict(base)
+            event["calls"] = calls = [{"id": c, "range": list(ranges[i])} for i, c in enumerate(ids, start)]
             # Measure exactly only when a generous bound per call does not settle it.
             if base_size + _MAX_CALL_JSON * len(calls) > MAX_EVENT_BYTES and len(json.dumps(event)) > MAX_EVENT_BYTES:
                 key = protocol.calls_key(prefix, job_id, n)
                 self.storage.put(key, json.dumps(calls).encode())
-                event.pop("calls")
+                del event["calls"]
                 event["calls_key"] = key
-            invocations.append(Invocation(f"{job_id}-{n:06d}", event, ids, timeout))
-        for inv in invocations:
-            for c in inv.call_ids:
-                f = futures[int(c)] if len(futures) > 1 else futures[0]
-                f.stats.update(host_submitted=submitted, request_id_sent=inv.request_id,
-                               shipped_modules=payload.shipped, arg_bytes=ranges[int(c)][1])
+            request_id = f"{job_id}-{n:06d}"
+            invocations.append(Invocation(request_id, event, ids, timeout))
+            for i in range(start, start + len(ids)):
+                stats = futures[i].stats
+                stats["host_submitted"] = submitted
+                stats["request_id_sent"] = request_id
+                stats["shipped_modules"] = payload.shipped
+                stats["arg_bytes"] = ranges[i][1]
         self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
         self.backend.invoke(invocations)
         invoked = time.time()

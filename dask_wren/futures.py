@@ -38,13 +38,15 @@ class WrenFuture(cf.Future):
     """
 
     def __init__(self, storage: Storage, key: str, job_id: str, call_id: str):
-        # cf.Future.__init__ without its Condition, which ``_condition`` creates on first use: a
-        # Dask compute makes 100,000 futures and most are never waited on one by one.
+        # cf.Future.__init__ without its Condition and lists, which ``_condition`` creates on
+        # first use (every stdlib path that adds a waiter or callback takes the Condition first):
+        # a Dask compute makes 100,000 futures, most never waited on one by one, and fewer
+        # objects per future keep the garbage collector's passes short.
         self._state = cf._base.PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        self._waiters: Any = ()
+        self._done_callbacks: Any = ()
         self.storage = storage
         self.key = key
         self.job_id = job_id
@@ -54,7 +56,6 @@ class WrenFuture(cf.Future):
         self.stdout = ""
         self.stderr = ""
         self._value: Any = _NOT_LOADED
-        self._load_lock = threading.Lock()
         self._on_cancel: Callable[[WrenFuture], None] | None = None
         self._detached = False
         self.tag: Any = None  # whatever the submitter wants to find again (wren_get: the task key)
@@ -66,6 +67,7 @@ class WrenFuture(cf.Future):
             with _CONDITION_LOCK:
                 cond = self.__dict__.get("_cond")
                 if cond is None:
+                    self._waiters, self._done_callbacks = [], []
                     cond = self.__dict__["_cond"] = threading.Condition()
         return cond
 
@@ -125,7 +127,9 @@ class WrenFuture(cf.Future):
             self._await_detached(timeout)
         if self._state != cf._base.FINISHED or self._exception is not None:
             super().result(timeout)  # waits, or raises the call's exception
-        with self._load_lock:
+        if self._value is not _NOT_LOADED:
+            return self._value
+        with self._condition:  # one download, however many threads ask
             if self._value is _NOT_LOADED:
                 try:
                     record = self.storage.get(self.key)
