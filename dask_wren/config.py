@@ -45,6 +45,7 @@ class Settings:
     lambda_endpoint_url: str | None = None
     max_concurrency: int = 1000
     invoke_threads: int = 64
+    invoker_processes: int = 2
     invoke_max_attempts: int = 20
     retry_mode: str = "standard"
     throttle_timeout: float = 600.0
@@ -86,6 +87,11 @@ class Settings:
             raise ValueError(f"chunksize must be at least 1, not {self.chunksize!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"wren.local.workers must be at least 1, not {self.workers!r}")
+        if not isinstance(self.invoker_processes, int) or self.invoker_processes < 0:
+            raise ValueError(
+                f"wren.aws.invoker-processes must be a whole number >= 0 (0: send invokes from threads in "
+                f"this process), not {self.invoker_processes!r}"
+            )
 
 
 _KEYS = {
@@ -110,6 +116,7 @@ _KEYS = {
     "lambda_endpoint_url": "wren.aws.lambda-endpoint-url",
     "max_concurrency": "wren.aws.max-concurrency",
     "invoke_threads": "wren.aws.invoke-threads",
+    "invoker_processes": "wren.aws.invoker-processes",
     "invoke_max_attempts": "wren.aws.invoke-max-attempts",
     "retry_mode": "wren.aws.retry-mode",
     "throttle_timeout": "wren.aws.throttle-timeout",

@@ -1,0 +1,201 @@
+"""Invoker processes (``wren.aws.invoker-processes``): the AWS backend's boto3 calls in child
+processes, through the offline stand-in.  Exact results, throttles, a killed child, shutdown."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import dask_wren
+from dask_wren.backends import aws_invoker
+from lambda_worker import protocol
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def triple(x):
+    return 3 * x
+
+
+@pytest.fixture
+def faults(standin):
+    standin.ensure_bucket()
+    standin.faults.reset()
+    yield standin.faults
+    standin.faults.reset()
+
+
+@contextlib.contextmanager
+def aws_executor(standin, **settings):
+    """An executor on the stand-in whose backend is shut down afterwards (executors leave it running).
+
+    Tests that look at the children pass an ``invoke_threads`` no other test uses: backends with the
+    same configuration share one pool of children, which lives while any of them does."""
+    ex = dask_wren.default_executor(**standin.settings_overrides, timeout=60, **settings)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+        ex.backend.shutdown()
+
+
+def records_of(ex, futures):
+    return [k for k, _ in ex.storage.list(protocol.results_prefix(ex.settings.prefix, futures[0].job_id))]
+
+
+def assert_exact(ex, futures, n):
+    assert dask_wren.get_all_results(futures, timeout=60) == [3 * i for i in range(n)]
+    records = records_of(ex, futures)
+    assert len(records) == n == len(set(records))  # one result record per call, counted once
+
+
+def gone(pid):
+    """True once ``pid`` has exited (a zombie counts: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(condition, timeout=30.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.005)
+
+
+def test_a_map_through_invoker_processes_is_exact(standin, faults):
+    with aws_executor(standin, invoker_processes=2, invoke_threads=10) as ex:
+        futures = ex.map(triple, range(60))
+        pids = ex.backend.invoker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids
+        assert_exact(ex, futures, 60)
+        assert ex.backend.sent == 60 == faults.snapshot().invokes
+
+
+def test_invoker_processes_0_sends_from_threads_here(standin, faults):
+    with aws_executor(standin, invoker_processes=0, invoke_threads=11) as ex:
+        assert_exact(ex, ex.map(triple, range(30)), 30)
+        assert ex.backend.invoker_pids() == [] and ex.backend._pool is None
+        assert faults.snapshot().invokes == 30
+
+
+def test_throttles_that_botocore_gives_up_on_are_paused_and_resent(standin, faults):
+    # No botocore retries (max_attempts counts retries): every 429 comes back from the child as a ClientError, which the
+    # backend must recognise as a throttle (pause, send again) exactly as with the in-process client.
+    faults.set(throttle_first=4)
+    with aws_executor(standin, invoker_processes=2, invoke_threads=12, invoke_max_attempts=0) as ex:
+        assert_exact(ex, ex.map(triple, range(40)), 40)
+        assert ex.backend.throttled == 4
+    seen = faults.snapshot()
+    assert seen.throttled == 4 and seen.invokes == 40 + 4
+
+
+def test_an_invoke_error_other_than_a_throttle_fails_its_calls_clearly(standin, faults):
+    with aws_executor(standin, invoker_processes=1, invoke_threads=13) as ex:
+        ex.backend.function_name = ex.backend._pool_config["function_name"] = "no-such-function"
+        ex.backend._checked = True  # past the preflight, as if the function was deleted since
+        f = ex.call_async(triple, 1)
+        with pytest.raises(dask_wren.WrenError, match="invoke request to Lambda failed.*ResourceNotFoundException"):
+            f.result(timeout=60)
+
+
+def test_a_killed_invoker_loses_no_calls(standin, faults):
+    faults.set(invoke_latency=0.5)  # requests stay in flight long enough to be caught by the kill
+    with aws_executor(standin, invoker_processes=2, invoke_threads=14) as ex:
+        futures = ex.map(triple, range(80))
+        pool = ex.backend._pool
+        victim = pool._children[0]
+        # 14 requests reached the endpoint (which holds each for 0.5 s): every child thread has one out
+        wait_until(lambda: faults.snapshot().invokes >= 14, what="14 requests at the endpoint")
+        assert victim.pending
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        faults.set(invoke_latency=0.0)
+        assert_exact(ex, futures, 80)
+        assert pool.restarts >= 1 and victim.proc.wait(timeout=10) == -signal.SIGKILL
+        assert len(ex.backend.invoker_pids()) == 2 and victim.proc.pid not in ex.backend.invoker_pids()
+    # the killed child's requests were sent again: the endpoint saw them twice, results counted once
+    assert faults.snapshot().invokes > 80
+
+
+def test_shutdown_leaves_no_invoker_processes(standin, faults):
+    with aws_executor(standin, invoker_processes=2, invoke_threads=15) as ex:
+        assert_exact(ex, ex.map(triple, range(10)), 10)
+        pids = ex.backend.invoker_pids()
+        assert len(pids) == 2
+    assert ex.backend.invoker_pids() == []
+    assert all(gone(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.backend.invoke([])
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("exit", "exited with status 3 before it was ready"),
+        ("config", "could not start: KeyError"),
+    ],
+)
+def test_an_invoker_that_cannot_start_is_one_clear_error(standin, faults, monkeypatch, breakage, message):
+    if breakage == "exit":
+        monkeypatch.setattr(aws_invoker, "_BOOTSTRAP", "import sys; sys.exit(3)")
+    with aws_executor(standin, invoker_processes=2, invoke_threads=16) as ex:
+        if breakage == "config":
+            ex.backend._pool_config = {"threads": 8}  # the child finds no region in it
+        with pytest.raises(dask_wren.BackendError, match=message) as info:
+            ex.map(triple, range(3))
+        assert "invoker-processes to 0" in str(info.value)
+    assert faults.snapshot().invokes == 0
+
+
+_ORPHAN_PARENT = """
+import json, sys
+from dask_wren.backends import aws_invoker
+config = {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:9", "function_name": "f",
+          "retry_mode": "standard", "max_attempts": 1, "threads": 1}
+pool = aws_invoker.InvokerPool(config, 2)
+pool.start()
+print(json.dumps(pool.pids()), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_invokers_exit_when_their_host_dies():
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        pids = json.loads(parent.stdout.readline())
+        assert len(pids) == 2 and not any(gone(pid) for pid in pids)
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_until(lambda: all(gone(pid) for pid in pids), timeout=10, what="the orphaned invokers' exit")
+
+
+def test_the_invoker_child_imports_neither_dask_nor_dask_wren():
+    code = (
+        "import importlib.util as u, sys\n"
+        "s = u.spec_from_file_location('dask_wren_invoker', sys.argv[1])\n"
+        "m = u.module_from_spec(s)\n"
+        "s.loader.exec_module(m)\n"
+        "import boto3\n"
+        "boto3.session.Session().client('lambda', region_name='us-east-1', endpoint_url='http://127.0.0.1:9',\n"
+        "    config=m.client_config(retry_mode='standard', max_attempts=1, pool_connections=1))\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] in ('dask', 'dask_wren', 'distributed')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, aws_invoker.__file__], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_invoker_processes_is_validated():
+    from dask_wren.config import Settings
+
+    assert Settings.from_config().invoker_processes == 2
+    with pytest.raises(ValueError, match="invoker-processes must be a whole number >= 0"):
+        Settings.from_config(invoker_processes=-1)
