@@ -114,7 +114,8 @@ def wren_get(
         if key not in dsk:
             raise KeyError(key)
     dsk = cull(dsk, list(wanted))
-    dsk = resolve_aliases(dsk, wanted, reverse_dict(DependenciesMapping(dsk)))
+    if any(isinstance(node, Alias) for node in dsk.values()):  # the common graph has none: skip the pass
+        dsk = resolve_aliases(dsk, wanted, reverse_dict(DependenciesMapping(dsk)))
     own = executor is None
     if own:
         executor = Executor(Settings.from_config(**overrides))

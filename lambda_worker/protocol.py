@@ -103,7 +103,7 @@ def decode_header(blob: bytes) -> tuple[dict[str, Any], int]:
     end = header_length(blob)
     if len(blob) < end:
         raise ValueError("truncated result record header")
-    return json.loads(blob[8:end]), end
+    return json.loads(blob[8:end].decode()), end  # UTF-8 by construction: skips json's detection
 
 
 def build_event(
