@@ -459,3 +459,54 @@ def test_result_above_inline_limit_but_below_probe_size_stays_in_storage(tmp_pat
     e.shutdown()
     with pytest.raises(dask_wren.WrenError, match="cleaned up"):
         never.result()
+
+
+# -- the future's own state machine (no executor): Condition created only when observed -----
+
+
+def _bare_future():
+    return dask_wren.WrenFuture(None, "prefix/job/r/000000", "job", "000000")
+
+
+def test_a_future_nobody_observes_finishes_without_a_condition():
+    f = _bare_future()
+    assert not f.done() and not f.cancelled()
+    f.set_result(None)
+    assert f.done() and not f.cancelled() and f.exception() is None
+    assert "_cond" not in f.__dict__  # 100,000 scheduler futures create no Condition each
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(None)  # the first outcome stands, as with the stdlib future
+    calls = []
+    f.add_done_callback(calls.append)  # registered after the fact: called at once
+    assert calls == [f]
+
+
+def test_a_waiting_thread_is_woken_and_callbacks_run_once():
+    f = _bare_future()
+    calls = []
+    f.add_done_callback(calls.append)
+    started = threading.Event()
+    got = []
+
+    def waiter():
+        started.set()
+        got.append(f.exception(timeout=30))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    started.wait()
+    error = ValueError("boom")
+    f.set_exception(error)
+    t.join(30)
+    assert got == [error] and calls == [f]
+    assert cf.wait([f], timeout=0).done == {f}
+
+
+def test_cancel_before_the_result_wins_over_a_late_result():
+    f = _bare_future()
+    assert f.cancel()
+    assert f.cancelled() and f.done()
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(None)
+    with pytest.raises(cf.CancelledError):
+        f.result(timeout=0)

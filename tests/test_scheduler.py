@@ -206,6 +206,15 @@ def test_intermediates_are_released_from_storage(tmp_path):
         assert len(deleted) >= 8  # every partition's partial once its consumer was done
 
 
+def test_a_long_lived_executor_keeps_nothing_of_finished_computes():
+    with Executor(Settings.from_config()) as ex:
+        for _ in range(3):
+            b = db.from_sequence(range(40), npartitions=8).map(inc).sum()
+            assert dask.compute(b, scheduler=wren_get, executor=ex) == (820,)
+        assert ex._futures == [] and ex._job_listeners == {}  # no futures or graphs held on to
+        assert ex.monitor._jobs == {}
+
+
 # -- callbacks, failures, nesting ---------------------------------------------------------------
 
 
