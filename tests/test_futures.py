@@ -510,3 +510,10 @@ def test_cancel_before_the_result_wins_over_a_late_result():
         f.set_result(None)
     with pytest.raises(cf.CancelledError):
         f.result(timeout=0)
+
+
+def test_the_future_sets_every_attribute_the_stdlib_future_has():
+    """WrenFuture skips cf.Future.__init__ (it defers the Condition): a Python release that adds
+    state to cf.Future must fail here, not in a user's wait()."""
+    ours = set(vars(_bare_future())) | {"_condition"}
+    assert set(vars(cf.Future())) <= ours
