@@ -29,6 +29,7 @@ harmless, as Lambda delivers at least once and result records are first-writer-w
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import json
@@ -423,6 +424,17 @@ def release_pool(pool: InvokerPool) -> None:
                 del _shared[key]
                 break
     pool.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit, close the pools still in use (executors do not shut their backends down), so the
+    children are reaped rather than left to notice the closed pipe on their own."""
+    with _shared_lock:
+        pools = [pool for pool, _ in _shared.values()]
+        _shared.clear()
+    for pool in pools:
+        pool.close()
 
 
 def _key(config: dict[str, Any], processes: int) -> str:
