@@ -5,12 +5,17 @@ local Lambda endpoint (both in this process), and the endpoint runs the real wor
 worker processes.  The invoke and S3 requests go through unmodified boto3 clients.
 
 A. Invoke dispatch throughput from one host: 10,000 trivial calls, 20 ms injected invoke latency,
-   ``invoke_threads`` 16 / 64 / 128, ``max_concurrency`` 20,000; time from ``map()`` to the moment
-   ``backend.sent`` reaches 10,000.  On AWS the calls run elsewhere, not on the host: so that the
-   host's own dispatch is what is measured, the stand-in answers 202 after the latency and does not
-   run these events (``faults.drop_rate = 1``), and the client-side scale-up ramp is lifted for the
-   measurement (see the printed note; with the ramp and no results coming back 10,000 invokes need
-   at least 90 s by construction).  ``--e2e N`` adds an end-to-end run of the same map as shipped.
+   ``max_concurrency`` 20,000; time from ``map()`` to the moment ``backend.sent`` reaches 10,000.
+   Side by side in one run: the shipped default (``invoker_processes`` 2: boto3 runs in invoker child
+   processes, started by this ``map()``, so their start-up is inside the time) and
+   ``invoker_processes=0`` (boto3 in this process's sender threads), 64 threads each.  The endpoint
+   runs in its own process; CPU is read per process from ``/proc/<pid>/stat`` (user + system time):
+   the host is this process plus its invoker children, the endpoint is the stand-in's process.
+   On AWS the calls run elsewhere, not on the host: so that the host's own dispatch is what is
+   measured, the stand-in answers 202 after the latency and does not run these events
+   (``faults.drop_rate = 1``), and the client-side scale-up ramp is lifted for the measurement (see
+   the printed note; with the ramp and no results coming back 10,000 invokes need at least 90 s by
+   construction).  ``--e2e N`` adds an end-to-end run of the same map as shipped.
 B. A 1,000-call map end to end through the stand-in (64 threads, 20 ms latency, events run):
    time until all results are in, results checked, and storage requests per call (host requests
    counted by a wrapper around the executor's store, plus each worker's own count).
@@ -24,7 +29,7 @@ The machine may be shared and noisy: compare the figures printed side by side.  
 smoke run (1,000 calls in A, 200 in B and C, one thread setting, all sections); ``--strict`` exits 1 when a
 target is missed.
 
-    python benchmarks/bench_aws.py [--quick] [--threads 16,64,128] [--c] [--e2e N] [--diagnose] [--strict]
+    python benchmarks/bench_aws.py [--quick] [--processes 2,0] [--threads 64] [--c] [--e2e N] [--diagnose] [--strict]
 """
 
 import argparse
@@ -39,6 +44,7 @@ import os
 import pstats
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from urllib.parse import urlsplit
@@ -59,6 +65,7 @@ TARGET_REQUESTS = 4.0  # storage requests per call
 LATENCY = 0.02  # seconds the stand-in takes to answer an invoke request in A and B
 MAX_CONCURRENCY = 20_000
 DEFAULT_THREADS = 64
+DEFAULT_PROCESSES = Settings().invoker_processes
 STALL_S = 60.0  # give up on a measurement when nothing was sent for this long
 
 
@@ -185,11 +192,12 @@ sys.stdin.read()  # until the benchmark closes our stdin
 @contextlib.contextmanager
 def endpoint_process(function_name):
     """A Lambda endpoint in its own process, answering 202 after LATENCY and dropping the events:
-    on AWS the invoke service is not on the host, so the host's CPU measures dispatch alone."""
+    on AWS the invoke service is not on the host, so the host's CPU measures dispatch alone.
+    Yields (its URL, its process id)."""
     proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT_PROCESS, function_name, str(LATENCY)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc.pid
     finally:
         proc.stdin.close()
         try:
@@ -198,16 +206,31 @@ def endpoint_process(function_name):
             proc.kill()
 
 
-def bench_dispatch(standin, n, threads):
-    """An n-call map against an endpoint process answering 202 after LATENCY without running the events."""
-    with endpoint_process(standin.function_name) as url:
-        settings = aws_settings(standin, invoke_threads=threads, lambda_endpoint_url=url)
+def proc_cpu(pid):
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_dispatch(standin, n, threads, processes):
+    """An n-call map against an endpoint process answering 202 after LATENCY without running the events.
+
+    The invoker children start inside ``map()`` (each run has its own endpoint URL, so its own pool);
+    their CPU is read just before they are closed, so it includes their start-up.
+    """
+    with endpoint_process(standin.function_name) as (url, endpoint_pid):
+        settings = aws_settings(standin, invoke_threads=threads, invoker_processes=processes, lambda_endpoint_url=url)
         storage = CountingStorage(make_storage(settings))
         ex = Executor(settings, storage=storage)
         try:
             ex.backend.preflight()  # one GetFunctionConfiguration, before the clock starts
             with ramp_lifted():
                 sent0 = ex.backend.sent
+                endpoint0 = proc_cpu(endpoint_pid)
                 cpu0 = time.process_time()
                 t0 = time.perf_counter()
                 ex.map(inc, range(n))
@@ -215,17 +238,27 @@ def bench_dispatch(standin, n, threads):
                 t_sent, _ = wait_sent(ex.backend, n, sent0)
                 t_sent += t_map
                 cpu = time.process_time() - cpu0
+                pids = ex.backend.invoker_pids()
+                children = sum(proc_cpu(pid) or 0.0 for pid in pids)
+                endpoint = proc_cpu(endpoint_pid)
+                endpoint = endpoint - endpoint0 if endpoint is not None and endpoint0 is not None else None
                 host_requests = storage.snapshot()
         finally:
             close(ex)
+    host = cpu + children
     return {
         "threads": threads,
+        "processes": len(pids),
         "map": t_map,
         "sent": t_sent,
         "rate": n / t_sent,
         "ceiling": threads / LATENCY,
-        "cpu_per_invoke": cpu / n,
-        "cores": cpu / t_sent,
+        "cpu_per_invoke": host / n,
+        "parent_per_invoke": cpu / n,
+        "children_per_invoke": children / n,
+        "endpoint_per_invoke": endpoint / n if endpoint is not None else None,
+        "cores": host / t_sent,
+        "machine_cores": (host + (endpoint or 0.0)) / t_sent,
         "requests": ex.backend.sent - sent0,
         "throttled": ex.backend.throttled,
         "lists": host_requests["list"],
@@ -307,6 +340,35 @@ def invoke_loop(client, function_name, payload, n, read_payload):
             "connections": conns[0] / n}
 
 
+def threaded_invokes(standin, payload, n, threads):
+    """``n`` invokes from ``threads`` threads of this process sharing one client (as an invoker
+    child's threads do), against an endpoint process with LATENCY; CPU of this process per invoke."""
+    with endpoint_process(standin.function_name) as (url, _):
+        settings = aws_settings(standin, invoke_threads=threads, lambda_endpoint_url=url)
+        client = aws_backend.AWSLambdaBackend(settings).client
+        left = [n]
+        lock = threading.Lock()
+
+        def sender():
+            while True:
+                with lock:
+                    if left[0] <= 0:
+                        return
+                    left[0] -= 1
+                client.invoke(FunctionName=standin.function_name, InvocationType="Event", Payload=payload)["Payload"].read()
+
+        for _ in range(threads):  # warm up every connection of the pool
+            client.invoke(FunctionName=standin.function_name, InvocationType="Event", Payload=payload)["Payload"].read()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        pool = [threading.Thread(target=sender) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        wall = time.perf_counter() - t0
+        return {"rate": n / wall, "wall": wall / n, "process_cpu": (time.process_time() - cpu0) / n}
+
+
 def http_loop(url, path, payload, n, keep_alive):
     """The stand-in's HTTP server alone: ``n`` plain POSTs of the invoke request, no signing."""
     parts = urlsplit(url)
@@ -382,6 +444,7 @@ def diagnose(standin, n):
         out["http_keepalive"] = http_loop(standin.lambda_url, path, payload, 2 * n, keep_alive=True)
         out["http_new_conn"] = http_loop(standin.lambda_url, path, payload, n, keep_alive=False)
         out["profile"] = profile_invokes(client, standin.function_name, payload, n)
+    out["threads"] = threaded_invokes(standin, payload, 4 * n, DEFAULT_THREADS // DEFAULT_PROCESSES)
     return out
 
 
@@ -403,6 +466,26 @@ def lap(since):
     return now
 
 
+def print_ceiling(a):
+    """Per A row: where the machine's CPU went per invoke, and the rate that CPU allows on these cores."""
+    cores = os.cpu_count()
+    print(f"   CPU per invoke, all processes on this {cores}-core machine (the ceiling is what they allow if "
+          "nothing else runs):")
+    for r in a:
+        endpoint = r["endpoint_per_invoke"] or 0.0
+        total = r["cpu_per_invoke"] + endpoint
+        label = f"{r['processes']} x {r['threads']}" if r["processes"] else f"0 (threads only) x {r['threads']}"
+        parts = f"this process {r['parent_per_invoke'] * 1000:.2f} ms"
+        if r["processes"]:
+            parts += f" + invoker processes {r['children_per_invoke'] * 1000:.2f} ms"
+        ceiling = cores / total
+        if not r["processes"]:  # one process's Python runs on one core at a time
+            ceiling = min(ceiling, 1 / r["parent_per_invoke"])
+        print(f"      {label}: {parts} + endpoint {endpoint * 1000:.2f} ms = {total * 1000:.2f} ms: ceiling "
+              f"{ceiling:,.0f} invokes/s{' (the GIL: one core for this process)' if not r['processes'] else ''}; "
+              f"measured {r['rate']:,.0f}")
+
+
 def print_e2e(label, r, n):
     lo, total = r["ramp_bound"]
     print(f"   {label}: {r['invocations']:,} invokes sent in {r['sent']:.2f} s ({r['rate']:,.0f} invokes/s; map() "
@@ -415,8 +498,10 @@ def print_e2e(label, r, n):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 calls in A, 200 in B and C, 64 threads")
-    parser.add_argument("--threads", default=None, help="invoke_threads settings for A, comma-separated (default 16,64,128)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 calls in A, 200 in B and C")
+    parser.add_argument("--processes", default=None,
+                        help=f"invoker_processes settings for A, comma-separated (default {DEFAULT_PROCESSES},0)")
+    parser.add_argument("--threads", default=None, help=f"invoke_threads settings for A, comma-separated (default {DEFAULT_THREADS})")
     parser.add_argument("--calls", type=int, default=None, help="calls in A (default 10,000)")
     parser.add_argument("--b-calls", type=int, default=None, help="calls in B and C (default 1,000)")
     parser.add_argument("--e2e", type=int, default=0, metavar="N",
@@ -429,7 +514,8 @@ def main() -> int:
     args = parser.parse_args()
 
     quick = args.quick
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else ([DEFAULT_THREADS] if quick else [16, 64, 128])
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [DEFAULT_THREADS]
+    processes = [int(p) for p in args.processes.split(",")] if args.processes else [DEFAULT_PROCESSES, 0]
     calls = args.calls or (1000 if quick else 10_000)
     b_calls = args.b_calls or (200 if quick else 1000)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
@@ -444,33 +530,44 @@ def main() -> int:
         section = time.perf_counter()
         print(f"\nA. Invoke dispatch: {calls:,} trivial calls, {LATENCY * 1000:g} ms invoke latency, "
               f"max_concurrency {MAX_CONCURRENCY:,}; time from map() to backend.sent == {calls:,}")
-        rows = [("invoke_threads", "map() returns", "all sent", "invokes/s", "threads/latency", "host CPU/invoke",
-                 "host busy", "invoke requests", "monitor LISTs")]
+        rows = [("invoker processes x threads", "map() returns", "all sent", "invokes/s", "threads/latency",
+                 "host CPU/invoke", "(this process + children)", "endpoint CPU/invoke", "host busy", "machine busy",
+                 "invoke requests", "monitor LISTs")]
         a = []
-        for t in threads:
-            r = bench_dispatch(standin, calls, t)
-            a.append(r)
-            rows.append((f"{t}{' (default)' if t == DEFAULT_THREADS else ''}", f"{r['map']:.2f} s", f"{r['sent']:.2f} s",
-                         f"{r['rate']:,.0f}", f"{r['ceiling']:,.0f}", f"{r['cpu_per_invoke'] * 1000:.2f} ms",
-                         f"{r['cores']:.2f} cores", f"{r['requests']:,}", f"{r['lists']:,}"))
+        for p in processes:
+            for t in threads:
+                r = bench_dispatch(standin, calls, t, p)
+                a.append(r)
+                default = " (default)" if (p, t) == (DEFAULT_PROCESSES, DEFAULT_THREADS) else ""
+                endpoint = r["endpoint_per_invoke"]
+                rows.append((f"{p} x {t}{default}" if p else f"0 (threads only) x {t}", f"{r['map']:.2f} s",
+                             f"{r['sent']:.2f} s", f"{r['rate']:,.0f}", f"{r['ceiling']:,.0f}",
+                             f"{r['cpu_per_invoke'] * 1000:.2f} ms",
+                             f"{r['parent_per_invoke'] * 1000:.2f} + {r['children_per_invoke'] * 1000:.2f} ms",
+                             "n/a" if endpoint is None else f"{endpoint * 1000:.2f} ms",
+                             f"{r['cores']:.2f} cores", f"{r['machine_cores']:.2f} of {os.cpu_count()}",
+                             f"{r['requests']:,}", f"{r['lists']:,}"))
         print_table(rows)
         print(f"   target: >= {TARGET_INVOKES_PER_S:,.0f} invokes/s. threads/latency is the ceiling the latency alone "
-              "sets; host CPU/invoke is this process's CPU time per invoke (the endpoint runs in its own process)")
+              "sets. CPU from /proc/<pid>/stat (user + system): host = this process (sender threads, executor, "
+              "monitor, and the moto S3 server the monitor lists, which runs in this process) + its invoker "
+              "children (their start-up included); endpoint = the stand-in's process; machine busy = host + "
+              "endpoint, in cores")
         ramp_floor = (calls - aws_backend._BURST) / aws_backend._RAMP_PER_S
         print("   note: the endpoint answered 202 and did not run these events, and the backend's scale-up ramp "
               f"(aws._BURST={aws_backend._BURST:,} calls in flight, then +{aws_backend._RAMP_PER_S:g}/s, a call counting "
               "until its result is in) was lifted for A"
               + (f"; as shipped, with no results back, {calls:,} invokes take >= {ramp_floor:.0f} s "
                  f"(<= {calls / ramp_floor:,.0f} invokes/s)" if ramp_floor > 0 else ""))
+        print_ceiling(a)
         throttled = sum(r["throttled"] for r in a)
         if throttled or any(r["requests"] != calls for r in a):
             print(f"   note: the stand-in saw {[r['requests'] for r in a]} invoke requests, {throttled} throttled")
-        default = next((r for r in a if r["threads"] == DEFAULT_THREADS), a[-1])
         best = max(a, key=lambda r: r["rate"])
         for r in a:
-            summary.append((f"dispatch, {r['threads']} threads", f"{r['rate']:,.0f} invokes/s",
-                            f"{r['rate'] / r['ceiling']:.0%} of threads/latency", f">= {TARGET_INVOKES_PER_S:,.0f}",
-                            r["rate"] >= TARGET_INVOKES_PER_S))
+            summary.append((f"dispatch, {r['processes']} invoker processes x {r['threads']} threads",
+                            f"{r['rate']:,.0f} invokes/s", f"{r['cpu_per_invoke'] * 1000:.2f} ms host CPU/invoke",
+                            f">= {TARGET_INVOKES_PER_S:,.0f}", r["rate"] >= TARGET_INVOKES_PER_S))
         section = lap(section)
 
         if args.e2e:
@@ -526,6 +623,10 @@ def main() -> int:
                 r = d[key]
                 rows.append((label, f"{r['rate']:,.0f}", f"{r['wall'] * 1000:.2f} ms", f"{r['thread_cpu'] * 1000:.2f} ms",
                              f"{r['process_cpu'] * 1000:.2f} ms", f"{r['connections']:.2f}/invoke"))
+            r = d["threads"]
+            rows.append((f"boto3, {DEFAULT_THREADS // DEFAULT_PROCESSES} threads sharing one client (as in an invoker "
+                         f"process), {LATENCY * 1000:g} ms latency, endpoint in its own process", f"{r['rate']:,.0f}",
+                         f"{r['wall'] * 1000:.2f} ms", "-", f"{r['process_cpu'] * 1000:.2f} ms", "0"))
             for label, key, conns in (("http.client alone, one keep-alive connection", "http_keepalive", "0"),
                                       ("http.client alone, a connection per request", "http_new_conn", "1/request")):
                 r = d[key]
@@ -540,14 +641,11 @@ def main() -> int:
                 print(f"      {label:<42} {v * 1000:6.2f} ms  {v / total:4.0%}")
             rest = total - sum(parts.values())
             print(f"      {'everything else (botocore event hooks etc.)':<42} {rest * 1000:6.2f} ms  {rest / total:4.0%}")
-            bc, br = d["boto3"], d["boto3_read"]
-            print(f"   reading: in A, {default['threads']} threads kept the host process {default['cores']:.2f} cores busy "
-                  f"at {default['cpu_per_invoke'] * 1000:.2f} ms CPU per invoke, so it tops out near "
-                  f"{1 / default['cpu_per_invoke']:,.0f} invokes/s whatever the thread count (the GIL runs one thread's "
-                  f"Python at a time). boto3 alone costs {bc['thread_cpu'] * 1000:.2f} ms CPU per invoke in the calling "
-                  f"thread as the backend uses it ({br['thread_cpu'] * 1000:.2f} ms with the connection reused): at most "
-                  f"{1 / bc['thread_cpu']:,.0f} ({1 / br['thread_cpu']:,.0f}) invokes/s per process even with the "
-                  "server elsewhere")
+            br, bt = d["boto3_read"], d["threads"]
+            print(f"   reading: boto3 costs {br['thread_cpu'] * 1000:.2f} ms CPU per invoke in one thread with the connection "
+                  f"reused (at most {1 / br['thread_cpu']:,.0f} invokes/s per process: the GIL runs one thread's Python "
+                  f"at a time), and {bt['process_cpu'] * 1000:.2f} ms when {DEFAULT_THREADS // DEFAULT_PROCESSES} "
+                  "threads share a process (the difference is the threads handing the GIL to each other)")
             lap(section)
 
     missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: fewer calls, so the targets, set for the full run, are not judged")
