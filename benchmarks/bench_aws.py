@@ -469,8 +469,7 @@ def lap(since):
 def print_ceiling(a):
     """Per A row: where the machine's CPU went per invoke, and the rate that CPU allows on these cores."""
     cores = os.cpu_count()
-    print(f"   CPU per invoke, all processes on this {cores}-core machine (the ceiling is what they allow if "
-          "nothing else runs):")
+    print(f"   CPU per invoke, all processes on this {cores}-core machine, and the rate it allows if nothing else runs:")
     for r in a:
         endpoint = r["endpoint_per_invoke"] or 0.0
         total = r["cpu_per_invoke"] + endpoint
@@ -481,8 +480,8 @@ def print_ceiling(a):
         ceiling = cores / total
         if not r["processes"]:  # one process's Python runs on one core at a time
             ceiling = min(ceiling, 1 / r["parent_per_invoke"])
-        print(f"      {label}: {parts} + endpoint {endpoint * 1000:.2f} ms = {total * 1000:.2f} ms: ceiling "
-              f"{ceiling:,.0f} invokes/s{' (the GIL: one core for this process)' if not r['processes'] else ''}; "
+        print(f"      {label}: {parts} + endpoint {endpoint * 1000:.2f} ms = {total * 1000:.2f} ms: at most about "
+              f"{ceiling:,.0f} invokes/s{' (the GIL: about one core for this process)' if not r['processes'] else ''}; "
               f"measured {r['rate']:,.0f}")
 
 
