@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import dask.bag as db
 import pytest
 
 import dask_wren
+from dask_wren import wren_get
 from dask_wren.backends import aws_invoker
 from lambda_worker import protocol
 
@@ -208,3 +211,24 @@ def test_invoker_processes_is_validated():
     assert Settings.from_config().invoker_processes == 2
     with pytest.raises(ValueError, match="invoker-processes must be a whole number >= 0"):
         Settings.from_config(invoker_processes=-1)
+
+
+
+def test_executors_with_one_configuration_share_one_backend(standin, faults):
+    """wren_get makes an executor per compute, and executors never shut their backend down: each
+    compute must not leave its own sender threads and invoker children behind."""
+    settings = dict(standin.settings_overrides, invoke_threads=11)  # a configuration no other test uses
+    senders = []
+    for _ in range(3):
+        bag = db.from_sequence(range(10), npartitions=2).map(triple).sum()
+        assert bag.compute(scheduler=wren_get, **settings) == 135
+        senders.append(sum(t.name.startswith("dask-wren-invoke") for t in threading.enumerate()))
+    a, b = dask_wren.default_executor(**settings), dask_wren.default_executor(**settings)
+    try:
+        assert a.backend is b.backend
+        assert len(a.backend.invoker_pids()) == 2
+    finally:
+        a.shutdown()
+        b.shutdown()
+        a.backend.shutdown()
+    assert senders[0] == senders[1] == senders[2] > 0

@@ -13,6 +13,6 @@ def make_backend(settings: Settings) -> Backend:
         from dask_wren.backends.local import shared_local_backend
 
         return shared_local_backend(settings.workers, settings.memory_mb)
-    from dask_wren.backends.aws import AWSLambdaBackend
+    from dask_wren.backends.aws import shared_aws_backend
 
-    return AWSLambdaBackend(settings)
+    return shared_aws_backend(settings)

@@ -38,7 +38,10 @@ thread writes records for lost calls.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -394,3 +397,38 @@ def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:
         attempt=inv.attempt + 1,
         origin=inv.origin or inv.request_id,
     )
+
+
+_shared: dict[str, AWSLambdaBackend] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_aws_backend(settings: Settings) -> AWSLambdaBackend:
+    """One backend per function configuration for the whole process.
+
+    Executors come and go (``wren_get`` makes one per compute) and do not shut their backend
+    down; sharing keeps one set of sender threads and invoker processes instead of a new set per
+    executor, and one in-flight cap and scale-up ramp per function, as AWS counts them.  A backend
+    made under other AWS environment variables (credentials, profile) is not reused.
+    """
+    fields = (
+        settings.function_name, settings.aws_region, settings.region, settings.lambda_endpoint_url,
+        settings.retry_mode, settings.invoke_max_attempts, settings.invoke_threads, settings.invoker_processes,
+        settings.max_concurrency, settings.lost_call_grace, settings.lost_call_retries, settings.throttle_timeout,
+    )
+    aws_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    key = hashlib.sha256(json.dumps([fields, aws_env], default=str).encode()).hexdigest()  # no secret kept in clear
+    with _shared_lock:
+        backend = _shared.get(key)
+        if backend is None or backend._closed:
+            backend = _shared[key] = AWSLambdaBackend(settings)
+        return backend
+
+
+@atexit.register
+def _shutdown_shared() -> None:
+    with _shared_lock:
+        backends = list(_shared.values())
+        _shared.clear()
+    for backend in backends:
+        backend.shutdown()
