@@ -1,8 +1,9 @@
 """The executor: PyWren's ``map`` / ``call_async`` / ``reduce`` over a backend and a store.
 
-A map is one *job*: the function is pickled once (``func.pkl``), every argument goes into one
-object (``args.pkl``) that each call reads by byte range, and calls are grouped ``chunksize`` at
-a time into invocations of the worker handler.  The monitor resolves the futures.
+A map is one *job*: the function is pickled once (``func.pkl``), the arguments of each block of
+1,000 calls go into one object (``args/{shard}.pkl``) that each call reads by byte range, and
+calls are grouped ``chunksize`` at a time into invocations of the worker handler.  The monitor
+resolves the futures.
 """
 
 from __future__ import annotations
@@ -251,12 +252,16 @@ class Executor:
             futures = [self._make_future(job_id, c) for c in call_ids]
         if not items:
             return futures
-        ranges, offset = [], 0
-        for blob in payload.args:
-            ranges.append((offset, len(blob)))
-            offset += len(blob)
         self.storage.put(protocol.func_key(prefix, job_id), payload.func)
-        self.storage.put(protocol.args_key(prefix, job_id), b"".join(payload.args))
+        ranges = []  # (offset, length) of each call's argument within its shard's object
+        per_shard = protocol.CALLS_PER_SHARD
+        for first in range(0, len(items), per_shard):
+            blobs = payload.args[first : first + per_shard]
+            offset = 0
+            for blob in blobs:
+                ranges.append((offset, len(blob)))
+                offset += len(blob)
+            self.storage.put(protocol.args_key(prefix, job_id, protocol.shard_of(call_ids[first])), b"".join(blobs))
         base = protocol.build_event(
             prefix=prefix, job_id=job_id, storage=self.storage.spec(), calls=[], timeout=timeout,
             extra_env=env, host_versions=self._host_versions,

@@ -33,7 +33,7 @@ class _Watched:
     def start_after(self) -> str | None:
         while protocol.call_id_for(self.low) in self.seen:
             self.low += 1
-        return self.prefix + protocol.call_id_for(self.low - 1) if self.low else None
+        return self.prefix + protocol.result_name(protocol.call_id_for(self.low - 1)) if self.low else None
 
 
 class Monitor:

@@ -173,7 +173,8 @@ class _CallRunner:
 
     def _load_argument(self) -> Any:
         offset, length = self.call["range"]
-        data = self.storage.get_range(protocol.args_key(self.event["prefix"], self.event["job_id"]), offset, length)
+        key = protocol.args_key(self.event["prefix"], self.event["job_id"], protocol.shard_of(self.call["id"]))
+        data = self.storage.get_range(key, offset, length)
         self.requests += 1
         return self._resolve_refs(serialize.loads(data))
 

@@ -6,10 +6,13 @@ followed by the pickled value).  The worker imports this module, so it must stay
 
 Key layout under ``{prefix}/{job_id}/``::
 
-    func.pkl      the cloudpickled function, written once per job
-    args.pkl      every call's pickled argument, concatenated; each call reads its byte range
-    calls.json    the call list, when it would make the event too large
-    r/{call_id}   one result record per call
+    func.pkl                  the cloudpickled function, written once per job
+    args/{shard}.pkl          the pickled arguments of a shard's calls, concatenated; each call
+                              reads its byte range
+    calls/{invocation}.json   an invocation's call list, when it would make the event too large
+    r/{shard}/{call_id}       one result record per call
+
+A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: results and arguments spread over key shards
 
 #: Result statuses.  ``ok``: the function returned.  ``error``: the function raised.
 #: ``failed``: the call could not run to the end (setup error, dead worker, timeout, ...).
@@ -51,8 +54,21 @@ def func_key(prefix: str, job_id: str) -> str:
     return f"{prefix}/{job_id}/func.pkl"
 
 
-def args_key(prefix: str, job_id: str) -> str:
-    return f"{prefix}/{job_id}/args.pkl"
+#: Calls per key shard.  S3 serves about 3,500 writes and 5,500 reads a second per prefix, and
+#: thousands of calls of one job start and finish together: each block of calls reads its
+#: arguments from, and writes its results under, a prefix of its own.  Blocks are contiguous and
+#: zero-padded, so listing a job's results still returns them in call order.
+CALLS_PER_SHARD = 1000
+
+
+def shard_of(call_id: str) -> str:
+    """The key shard of a call: ``0000`` for calls 0-999, ``0001`` for 1000-1999, ..."""
+    return f"{int(call_id) // CALLS_PER_SHARD:04d}"
+
+
+def args_key(prefix: str, job_id: str, shard: str) -> str:
+    """The arguments of the calls of one shard, one object (each call reads its byte range)."""
+    return f"{prefix}/{job_id}/args/{shard}.pkl"
 
 
 def calls_key(prefix: str, job_id: str, invocation: int) -> str:
@@ -63,8 +79,13 @@ def results_prefix(prefix: str, job_id: str) -> str:
     return f"{prefix}/{job_id}/r/"
 
 
+def result_name(call_id: str) -> str:
+    """A result's key below ``results_prefix``: ``{shard}/{call_id}``."""
+    return f"{shard_of(call_id)}/{call_id}"
+
+
 def result_key(prefix: str, job_id: str, call_id: str) -> str:
-    return f"{prefix}/{job_id}/r/{call_id}"
+    return f"{prefix}/{job_id}/r/{result_name(call_id)}"
 
 
 def call_id_for(index: int) -> str:

@@ -482,7 +482,7 @@ def test_build_real_layer(tmp_path, arch):
     store = LocalStorage(str(tmp_path / "store"))
     payload = pickle_payload(numpy_call, [10])  # as the executor ships a job
     store.put(protocol.func_key("t", "job"), payload.func)
-    store.put(protocol.args_key("t", "job"), payload.args[0])
+    store.put(protocol.args_key("t", "job", "0000"), payload.args[0])
     event = protocol.build_event(
         prefix="t", job_id="job", storage=store.spec(), timeout=60, host_versions=serialize.runtime_versions(),
         calls=[{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])]}],

@@ -158,3 +158,20 @@ def test_lambda_executor_says_what_is_missing():
         dask_wren.lambda_executor()
     with pytest.raises(ValueError, match="needs S3 storage"):
         dask_wren.default_executor(backend="aws", storage="local")
+
+
+def test_a_large_job_spreads_its_keys_over_shards(local_executor):
+    """S3 limits requests per prefix: each block of CALLS_PER_SHARD calls has its own arguments
+    object and results prefix, and the results still list in call order."""
+    from lambda_worker import protocol
+
+    n = 2 * protocol.CALLS_PER_SHARD + 500
+    futures = local_executor.map(square, range(n))
+    assert dask_wren.get_all_results(futures, timeout=120) == [x * x for x in range(n)]
+    job = futures[0].job_id
+    keys = [k for k, _ in local_executor.storage.list(protocol.job_prefix(local_executor.settings.prefix, job))]
+    assert [k.rsplit("/", 2)[-2:] for k in keys if "/args/" in k] == [["args", f"{s:04d}.pkl"] for s in range(3)]
+    results = [k for k in keys if "/r/" in k]
+    assert [k.rsplit("/", 1)[-1] for k in results] == [protocol.call_id_for(i) for i in range(n)]
+    assert {k.rsplit("/", 2)[-2] for k in results} == {"0000", "0001", "0002"}
+    assert [f.key for f in futures] == results

@@ -33,7 +33,7 @@ def make_event(store, func, args, *, extra_env=None, host_versions=None, **kw):
     prefix, job = "t", "job1"
     store.put(protocol.func_key(prefix, job), serialize.dumps((func, "no-shared-functions", [])))
     blobs = [serialize.dumps(a) for a in args]
-    store.put(protocol.args_key(prefix, job), b"".join(blobs))
+    store.put(protocol.args_key(prefix, job, "0000"), b"".join(blobs))
     calls, offset = [], 0
     for i, b in enumerate(blobs):
         calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)]})

@@ -70,7 +70,7 @@ def make_event(store, func, args, timeout=60):
     payload = pickle_payload(func, args, include_modules=[__name__])
     store.put(protocol.func_key(PREFIX, job), payload.func)
     blobs = payload.args
-    store.put(protocol.args_key(PREFIX, job), b"".join(blobs))
+    store.put(protocol.args_key(PREFIX, job, "0000"), b"".join(blobs))
     calls, offset = [], 0
     for i, b in enumerate(blobs):
         calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)]})
