@@ -24,6 +24,15 @@ def backend_settings(request, tmp_path):
 
 
 @pytest.fixture
+def faults(standin):
+    """The stand-in's fault injection, cleared before and after the test (with a bucket ready)."""
+    standin.ensure_bucket()
+    standin.faults.reset()
+    yield standin.faults
+    standin.faults.reset()
+
+
+@pytest.fixture
 def executor(backend_settings):
     """An executor on each backend, with two warm workers."""
     ex = dask_wren.default_executor(timeout=60, **backend_settings)

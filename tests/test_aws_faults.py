@@ -15,14 +15,6 @@ def triple(x):
     return 3 * x
 
 
-@pytest.fixture
-def faults(standin):
-    standin.ensure_bucket()
-    standin.faults.reset()
-    yield standin.faults
-    standin.faults.reset()
-
-
 def run_map(standin, n, **settings):
     with dask_wren.default_executor(**standin.settings_overrides, **settings) as ex:
         futures = ex.map(triple, range(n))

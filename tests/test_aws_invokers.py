@@ -25,14 +25,6 @@ def triple(x):
     return 3 * x
 
 
-@pytest.fixture
-def faults(standin):
-    standin.ensure_bucket()
-    standin.faults.reset()
-    yield standin.faults
-    standin.faults.reset()
-
-
 @contextlib.contextmanager
 def aws_executor(standin, **settings):
     """An executor on the stand-in whose backend is shut down afterwards (executors leave it running).
