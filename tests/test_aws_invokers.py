@@ -29,8 +29,8 @@ def triple(x):
 def aws_executor(standin, **settings):
     """An executor on the stand-in whose backend is shut down afterwards (executors leave it running).
 
-    Tests that look at the children pass an ``invoke_threads`` no other test uses: backends with the
-    same configuration share one pool of children, which lives while any of them does."""
+    Tests that look at the children pass an ``invoke_threads`` no other test uses: executors with the
+    same configuration share one backend, and with it one pool of children."""
     ex = dask_wren.default_executor(**standin.settings_overrides, timeout=60, **settings)
     try:
         yield ex

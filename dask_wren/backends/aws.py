@@ -136,7 +136,7 @@ class AWSLambdaBackend(ProgressListeners):
     def invoke(self, invocations: list[Invocation]) -> None:
         if not self._checked:
             self.preflight()
-        if self._processes and self._pool is None:
+        if self._processes and (self._pool is None or self._pool.broken):
             self._start_invokers()
         with self._cond:
             if self._closed:
@@ -179,7 +179,7 @@ class AWSLambdaBackend(ProgressListeners):
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            aws_invoker.release_pool(pool)
+            pool.close()
 
     def invoker_pids(self) -> list[int]:
         """The invoker processes' ids (none before the first invoke, or with invoker-processes 0)."""
@@ -234,15 +234,20 @@ class AWSLambdaBackend(ProgressListeners):
     # -- sending ------------------------------------------------------------------------------
 
     def _start_invokers(self) -> None:
+        """Start the invoker processes, or new ones in place of a pool that could not restart a child."""
         with self._pool_lock:
-            if self._pool is not None or self._closed:
+            if self._closed or (self._pool is not None and not self._pool.broken):
                 return
+            if self._pool is not None:
+                self._pool.close()
+            pool = aws_invoker.InvokerPool(self._pool_config, self._processes, self.client.exceptions)
             try:
-                self._pool = aws_invoker.acquire_pool(self._pool_config, self._processes, self.client.exceptions)
+                pool.start()
             except aws_invoker.InvokerStartError as e:
                 raise BackendError(
                     f"{e}. Set wren.aws.invoker-processes to 0 to send invokes from threads in this process."
                 ) from None
+            self._pool = pool
 
     def _start_threads(self) -> None:
         if self._threads:

@@ -30,7 +30,6 @@ harmless, as Lambda delivers at least once and result records are first-writer-w
 from __future__ import annotations
 
 import atexit
-import hashlib
 import itertools
 import json
 import os
@@ -40,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 _REQUEST = struct.Struct("<QI")
@@ -303,6 +303,7 @@ class InvokerPool:
 
     def start(self) -> None:
         """Start every child and wait until each has built its client; raise if one could not."""
+        _live.add(self)
         with self._lock:
             children = [self._spawn(i) for i in range(self.processes)]
         deadline = time.monotonic() + _START_TIMEOUT
@@ -391,54 +392,14 @@ class InvokerPool:
         return botocore.exceptions.ClientError(response, operation_name)
 
 
-# -- sharing ----------------------------------------------------------------------------------
+# -- at exit --------------------------------------------------------------------------------
 
-_shared_lock = threading.Lock()
-_shared: dict[str, tuple[InvokerPool, int]] = {}  # key -> (pool, backends using it)
-
-
-def acquire_pool(config: dict[str, Any], processes: int, exceptions: Any = None) -> InvokerPool:
-    """The started pool for ``config`` (shared by every backend in this process with the same
-    configuration and AWS environment, so executors that are never shut down do not each leave
-    children behind); raises ``InvokerStartError``.  Pair with ``release_pool``."""
-    key = _key(config, processes)
-    with _shared_lock:
-        entry = _shared.get(key)
-        if entry is not None and not entry[0].broken:
-            _shared[key] = (entry[0], entry[1] + 1)
-            return entry[0]
-        pool = InvokerPool(config, processes, exceptions)
-        pool.start()  # under the lock: a second backend waits for this start instead of racing it
-        _shared[key] = (pool, 1)
-        return pool
-
-
-def release_pool(pool: InvokerPool) -> None:
-    """One backend is done with ``pool``; the last one closes it."""
-    with _shared_lock:
-        for key, (p, users) in list(_shared.items()):
-            if p is pool:
-                if users > 1:
-                    _shared[key] = (p, users - 1)
-                    return
-                del _shared[key]
-                break
-    pool.close()
+_live: weakref.WeakSet[InvokerPool] = weakref.WeakSet()
 
 
 @atexit.register
 def _close_all() -> None:
-    """At exit, close the pools still in use (executors do not shut their backends down), so the
-    children are reaped rather than left to notice the closed pipe on their own."""
-    with _shared_lock:
-        pools = [pool for pool, _ in _shared.values()]
-        _shared.clear()
-    for pool in pools:
+    """Close the pools still open (backends are shared for the process's life and rarely shut
+    down), so the children are reaped rather than left to notice the closed pipe on their own."""
+    for pool in list(_live):
         pool.close()
-
-
-def _key(config: dict[str, Any], processes: int) -> str:
-    # The children inherit the environment they start with (credentials, profile, region): a pool
-    # started under other AWS variables is not reused.  Hashed, so no secret is kept here in clear.
-    aws_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
-    return hashlib.sha256(json.dumps([config, processes, aws_env], sort_keys=True).encode()).hexdigest()
