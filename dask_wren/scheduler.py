@@ -8,9 +8,9 @@ and walked with ``dask.local``'s state machine (``start_state_from_dask``, ``fin
 State (the scheduling thread only; ``state`` is dask.local's dict, which ProgressBar reads):
     state["ready" | "waiting" | "running" | "finished" | "released"]  as in dask.local
     state["cache"]   key -> a host value, or a ``_Remote`` handle to a result left in storage
-    _refs            storage key -> how many cache entries point at it (aliases share one)
-    _futures         remote futures in flight, cancelled if the compute fails
-    _jobs            the executor jobs this compute submitted (their listeners are dropped at the end)
+    refs             storage key -> how many cache entries point at it (aliases share one)
+    futures          remote futures in flight, cancelled if the compute fails
+    jobs             the executor jobs this compute submitted (their listeners are dropped at the end)
     done             a queue of lists of (key, value or _Remote, exception, worker): finished tasks
 
 Placement, decided the moment a task becomes ready:
