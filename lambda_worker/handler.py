@@ -4,58 +4,117 @@ For each call in the event it loads the function (cached while this process stay
 the call's argument by byte range, runs the function with ``extra_env`` applied and stdout/stderr
 captured, and writes exactly one result record, whatever happened.  It imports only the shared
 modules (protocol, serialize, storage), never host code.
+
+What Lambda does not do, the handler does itself, on every backend:
+- **timeouts**: a watchdog thread ends the invocation at the call's own timeout
+  (``event["timeout"]``) or shortly before the function's deadline
+  (``context.get_remaining_time_in_millis()``), whichever comes first.  It writes a ``timeout``
+  record for each call of the invocation that has none, then ends the process: Lambda then
+  replaces the execution environment, and the host learns of the timeout within seconds instead
+  of after its lost-call grace.  It cannot act while C code holds the GIL (a long NumPy kernel
+  does not, a C extension's busy loop may); the host's lost-call detection covers that case;
+- **storage failures**: a record that cannot be written is retried as a bare failure record; one
+  that still cannot be written is logged and reported in the return value, never raised.
+A crash or an out-of-memory kill writes nothing, as on Lambda: the host sees no result.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import sys
+import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any
 
 from lambda_worker import protocol, serialize
-from lambda_worker.storage import KeyNotFound, Storage, storage_from_spec
+from lambda_worker.storage import KeyNotFound, Storage, StorageDenied, storage_from_spec
 
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
 PROCESS_START = time.time()
+#: The watchdog acts this long before the function's own deadline (at most a quarter of the time
+#: left), so that its records are written before Lambda stops the environment.
+DEADLINE_MARGIN = 2.0
+#: Exit status of a worker process whose invocation the watchdog ended (as ``timeout(1)`` uses).
+WATCHDOG_EXIT_CODE = 124
 _state = {"invocations": 0}
 _func_cache: dict[tuple[str, str], Any] = {}
 _FUNC_CACHE_MAX = 8
+_MISSING_PAYLOAD = (
+    "the job's payload is missing from storage ({detail}): was the job cleaned up before it ran, or does the "
+    "bucket/prefix differ from the deployment's?"
+)
 
 
 def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     start = time.time()
+    start_mono = time.monotonic()
     cold = _state["invocations"] == 0
     _state["invocations"] += 1
     request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
-    version = event.get("v")
-    storage = storage_from_spec(event["storage"])
-    job_id = event["job_id"]
-    calls = event.get("calls")
-    requests = 0
-    if calls is None:
-        import json
-
-        calls = json.loads(storage.get(event["calls_key"]))
-        requests += 1
+    job_id = event.get("job_id")
     base = {
         "job_id": job_id,
         "request_id": request_id,
+        "attempt": int(event.get("attempt") or 0),
         "worker_pid": os.getpid(),
         "worker_host": os.uname().nodename if hasattr(os, "uname") else "",
         "worker_versions": serialize.runtime_versions(),
         "timings": {"worker_start": PROCESS_START, "worker_invoked": start, "worker_cold": cold},
     }
-    mismatch = _version_problem(version, event.get("host_versions") or {})
-    statuses: dict[str, int] = {}
-    for i, call in enumerate(calls):
-        runner = _CallRunner(storage, event, call, base, requests if i == 0 else 0)
-        status = runner.fail(protocol.FAIL_VERSION, mismatch) if mismatch else runner.run()
-        statuses[status] = statuses.get(status, 0) + 1
-    return {"request_id": request_id, "job_id": job_id, "calls": len(calls), "statuses": statuses}
+    try:
+        storage = storage_from_spec(event["storage"])
+        calls, requests = _calls_of(storage, event)
+    except Exception as e:  # nowhere to write a record: say so in the log and the return value
+        message = f"the invocation could not start: {type(e).__name__}: {e}"
+        print(f"dask-wren: {message}", file=sys.stderr, flush=True)
+        return {"request_id": request_id, "job_id": job_id, "calls": 0, "handler_error": message}
+    invocation = _Invocation(storage, event, calls, base, requests)
+    deadline, expiry = _deadline(event, context, start_mono)
+    _WATCHDOG.arm(deadline, lambda: invocation.expire(expiry))
+    try:
+        invocation.run(_version_problem(event.get("v"), event.get("host_versions") or {}))
+    finally:
+        _WATCHDOG.disarm()
+    summary: dict[str, Any] = {"request_id": request_id, "job_id": job_id, "calls": len(calls), "statuses": invocation.statuses}
+    if invocation.unrecorded:
+        summary["handler_error"] = "; ".join(invocation.unrecorded)
+    return summary
+
+
+def _calls_of(storage: Storage, event: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The invocation's calls: inline, or read from ``calls_key`` (one request)."""
+    calls = event.get("calls")
+    if calls is not None:
+        return calls, 0
+    try:
+        return json.loads(storage.get(event["calls_key"])), 1
+    except (KeyNotFound, StorageDenied) as e:
+        raise RuntimeError(_MISSING_PAYLOAD.format(detail=e)) from None
+
+
+def _deadline(event: dict[str, Any], context: Any, start: float) -> tuple[float, str]:
+    """When the watchdog acts (monotonic), and what it then says happened.
+
+    The worker's own limit (on Lambda the function's Timeout, read from the context) comes with
+    a margin, so the records are written before the environment is stopped."""
+    timeout = float(event.get("timeout") or 0) or float("inf")
+    deadline, expiry = start + timeout, f"the call ran past its timeout of {timeout:g} s"
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is not None:
+        left = max(0.0, remaining() / 1000)
+        deadline = min(deadline, start + max(0.0, left - min(DEADLINE_MARGIN, left / 4)))
+        if left < timeout - 1:  # the function limits the call (a second of slack: it counts from earlier)
+            expiry = (
+                f"the call reached the worker's own time limit ({left:.0f} s left when it started; on AWS the "
+                "function's Timeout): raise it with `dask-wren deploy --timeout`, or pass a smaller timeout="
+            )
+    return deadline, expiry
 
 
 def _version_problem(version: Any, host: dict[str, str]) -> str | None:
@@ -74,6 +133,92 @@ def _version_problem(version: Any, host: dict[str, str]) -> str | None:
                 "the runtime from this environment with `dask-wren deploy`)"
             )
     return None
+
+
+class _Watchdog:
+    """One thread per process that calls ``expire`` when the armed deadline passes.
+
+    Armed for each invocation and disarmed when it ends; ``expire`` ends the process, so the
+    thread never has to stop a call it cannot interrupt.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._expire: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, expire: Callable[[], None]) -> None:
+        with self._cond:
+            self._deadline, self._expire = deadline, expire
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dask-wren-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = self._expire = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._deadline is None or time.monotonic() < self._deadline:
+                    self._cond.wait(None if self._deadline is None else self._deadline - time.monotonic())
+                expire, self._deadline, self._expire = self._expire, None, None
+            if expire is not None:
+                expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Invocation:
+    """The calls of one event, run in order; ``expire`` (watchdog thread) records the rest as timed out."""
+
+    def __init__(self, storage: Storage, event: dict[str, Any], calls: list[dict[str, Any]], base: dict[str, Any], requests: int):
+        self.storage = storage
+        self.event = event
+        self.calls = calls
+        self.base = base
+        self.requests = requests
+        self.statuses: dict[str, int] = {}
+        self.unrecorded: list[str] = []
+        self.current: _CallRunner | None = None
+        self.recorded: set[str] = set()
+        # Held while a record is written: the watchdog's records and the calls' never interleave,
+        # and once the watchdog holds it, no call writes again (the process is ending).
+        self.lock = threading.Lock()
+
+    def run(self, mismatch: str | None) -> None:
+        for i, call in enumerate(self.calls):
+            runner = _CallRunner(self, call, self.requests if i == 0 else 0)
+            self.current = runner
+            status = runner.fail(protocol.FAIL_VERSION, mismatch) if mismatch else runner.run()
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.current = None
+
+    def expire(self, what: str) -> None:
+        """Record every call without a record as timed out, then end this process."""
+        self.lock.acquire()  # never released: the process ends below
+        try:
+            current = self.current
+            for call in self.calls:
+                if call["id"] in self.recorded:
+                    continue
+                if current is not None and call["id"] == current.call["id"]:
+                    current.capture_output()
+                    current.fail(protocol.FAIL_TIMEOUT, f"{what}; the worker stopped it and ended its process", locked=True)
+                else:
+                    runner = _CallRunner(self, call, 0)
+                    runner.fail(protocol.FAIL_TIMEOUT, f"{what} before this call of the same invocation started", locked=True)
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(WATCHDOG_EXIT_CODE)
 
 
 class _TailBuffer(io.TextIOBase):
@@ -127,26 +272,60 @@ def _environment(extra_env: dict[str, str]):
 class _CallRunner:
     """Runs one call and writes its one result record."""
 
-    def __init__(self, storage: Storage, event: dict[str, Any], call: dict[str, Any], base: dict[str, Any], requests: int):
-        self.storage = storage
-        self.event = event
+    def __init__(self, invocation: _Invocation, call: dict[str, Any], requests: int):
+        self.invocation = invocation
+        self.storage = invocation.storage
+        self.event = invocation.event
         self.call = call
+        base = invocation.base
         self.header: dict[str, Any] = dict(base, call_id=call["id"])
         self.header["timings"] = dict(base["timings"])
         self.requests = requests
-        self.key = protocol.result_key(event["prefix"], event["job_id"], call["id"])
+        self.key = protocol.result_key(self.event["prefix"], self.event["job_id"], call["id"])
+        limit = int(self.event.get("output_tail", 4096))
+        self.out, self.err = _TailBuffer(limit), _TailBuffer(limit)
 
-    def _write(self, status: str, payload: bytes = b"") -> str:
+    def _write(self, status: str, payload: bytes = b"", locked: bool = False) -> str:
+        if locked:
+            return self._put(status, payload)
+        with self.invocation.lock:
+            return self._put(status, payload)
+
+    def _put(self, status: str, payload: bytes) -> str:
         self.header["status"] = status
         self.header["timings"]["worker_result_write"] = time.time()
         self.header["storage_requests"] = self.requests + 1
-        # First writer wins: a duplicate delivery of the same call (async Lambda is at-least-once)
-        # leaves the first result in place.
-        if not self.storage.put_if_absent(self.key, protocol.encode_result(self.header, payload)):
-            return "duplicate"
-        return status
+        self.invocation.recorded.add(self.call["id"])
+        try:
+            # First writer wins: a duplicate delivery of the same call (async Lambda is at-least-once)
+            # leaves the first result in place.
+            if not self.storage.put_if_absent(self.key, protocol.encode_result(self.header, payload)):
+                return "duplicate"
+            return status
+        except Exception as e:
+            return self._put_bare(e)
 
-    def fail(self, kind: str, message: str, exc: BaseException | None = None) -> str:
+    def _put_bare(self, error: Exception) -> str:
+        """The record could not be written: try a failure record without payload, then give up loudly."""
+        if self.header.get("error", {}).get("kind") != protocol.FAIL_RESULT or self.header.get("status") != protocol.STATUS_FAILED:
+            self.header.pop("result_bytes", None)
+            self.header["status"] = protocol.STATUS_FAILED
+            self.header["error"] = {
+                "kind": protocol.FAIL_RESULT,
+                "message": f"the call's record could not be written to storage: {type(error).__name__}: {error}",
+            }
+            try:
+                if self.storage.put_if_absent(self.key, protocol.encode_result(self.header)):
+                    return protocol.STATUS_FAILED
+                return "duplicate"
+            except Exception as e:
+                error = e
+        message = f"call {self.call['id']}: no record could be written to storage ({type(error).__name__}: {error})"
+        print(f"dask-wren: {message}", file=sys.stderr, flush=True)
+        self.invocation.unrecorded.append(message)
+        return "unrecorded"
+
+    def fail(self, kind: str, message: str, exc: BaseException | None = None, locked: bool = False) -> str:
         """Record a call that could not run to the end; ``exc`` travels so the host can re-raise it."""
         error = {"kind": kind, "message": message}
         payload = b""
@@ -154,7 +333,13 @@ class _CallRunner:
             error.update(serialize.describe_exception(exc), message=message)
             payload = serialize.dumps_exception(exc) or b""
         self.header["error"] = error
-        return self._write(protocol.STATUS_FAILED, payload)
+        return self._write(protocol.STATUS_FAILED, payload, locked)
+
+    def capture_output(self) -> None:
+        self.header["stdout"] = self.out.text()
+        self.header["stderr"] = self.err.text()
+        if self.out.dropped or self.err.dropped:
+            self.header["output_dropped"] = {"stdout": self.out.dropped, "stderr": self.err.dropped}
 
     def _load_function(self) -> Any:
         key = protocol.func_key(self.event["prefix"], self.event["job_id"])
@@ -183,8 +368,6 @@ class _CallRunner:
         if isinstance(value, protocol.StorageRef):
             data = self.storage.get(value.key)
             self.requests += 1
-            if not value.result_record:
-                return serialize.loads(data)
             header, start = protocol.decode_header(data)
             if header.get("status") != protocol.STATUS_OK:
                 raise RuntimeError(f"input {value.key} did not succeed: {header.get('error')}")
@@ -200,28 +383,30 @@ class _CallRunner:
         try:
             func = self._load_function()
             arg = self._load_argument()
-        except KeyNotFound as e:
-            return self.fail(protocol.FAIL_SETUP, f"the job's payload is missing from storage ({e}); was the job cleaned up before it ran?")
+        except (KeyNotFound, StorageDenied) as e:
+            return self.fail(protocol.FAIL_SETUP, _MISSING_PAYLOAD.format(detail=e))
         except Exception as e:
+            _hint_missing_module(e)
             return self.fail(protocol.FAIL_SETUP, "could not load the function or its argument on the worker", e)
         timings["worker_setup_done"] = time.time()
-        limit = int(self.event.get("output_tail", 4096))
-        out, err = _TailBuffer(limit), _TailBuffer(limit)
         value: Any = None
         raised: BaseException | None = None
+        exited: SystemExit | None = None
         with _environment(self.event.get("extra_env") or {}):
             timings["worker_call_start"] = time.time()
             try:
-                with redirect_stdout(out), redirect_stderr(err):
+                with redirect_stdout(self.out), redirect_stderr(self.err):
                     value = func(arg)
+            except SystemExit as e:
+                exited = e
             except Exception as e:
                 raised = e
             timings["worker_call_end"] = time.time()
-        self.header["stdout"] = out.text()
-        self.header["stderr"] = err.text()
-        if out.dropped or err.dropped:
-            self.header["output_dropped"] = {"stdout": out.dropped, "stderr": err.dropped}
+        self.capture_output()
+        if exited is not None:
+            return self._exit(exited)
         if raised is not None:
+            _hint_missing_module(raised)
             self.header["error"] = dict(kind="exception", **serialize.describe_exception(_trim(raised)))
             return self._write(protocol.STATUS_ERROR, serialize.dumps_exception(raised) or b"")
         try:
@@ -229,11 +414,38 @@ class _CallRunner:
         except Exception as e:
             return self.fail(protocol.FAIL_RESULT, f"the function returned a {type(value).__name__} that cannot be pickled", e)
         self.header["result_bytes"] = len(payload)
-        try:
-            return self._write(protocol.STATUS_OK, payload)
-        except Exception as e:  # e.g. too large for the store; still leave a record
-            self.header.pop("result_bytes", None)
-            return self.fail(protocol.FAIL_RESULT, "the result could not be written to storage", e)
+        return self._write(protocol.STATUS_OK, payload)
+
+    def _exit(self, exc: SystemExit) -> str:
+        """The function called ``sys.exit``: record it, with its last output, then let the process end
+        as the function asked (its environment is replaced; other calls of this invocation get
+        their records from whoever notices the process gone)."""
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        message = f"the function called sys.exit({exc.code!r}) and its worker process exited with code {code}"
+        tail = (self.header.get("stdout", "") + self.header.get("stderr", ""))[-2000:].strip()
+        if tail:
+            message += f"; the end of its output:\n{tail}"
+        self.fail(protocol.FAIL_WORKER_DIED, message)
+        raise exc
+
+
+def _hint_missing_module(exc: BaseException) -> None:
+    """A module the function needs is not installed on the workers: say how to add it."""
+    missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__ or exc.__context__
+    if not isinstance(missing, ModuleNotFoundError) or not missing.name or not hasattr(exc, "add_note"):
+        return
+    package = missing.name.split(".")[0]
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        where = (
+            f"add the package that provides it to the Lambda runtime: `dask-wren deploy --packages {package}` "
+            "(or --requirements requirements.txt)"
+        )
+    else:
+        where = (
+            f"install it where the workers run (`pip install {package}` in this Python environment); on AWS "
+            f"Lambda, `dask-wren deploy --packages {package}` adds it to the runtime"
+        )
+    exc.add_note(f"dask-wren: module {missing.name!r} is not installed on the worker: {where}")
 
 
 def _trim(exc: BaseException) -> BaseException:

@@ -97,12 +97,11 @@ def call_id_for(index: int) -> str:
 class StorageRef:
     """A placeholder in a call's argument for a value that already lives in storage.
 
-    The worker replaces it with the value read from ``key``.  When ``result_record`` is true the
-    object is a result record and the value is its payload; a failed record raises on the worker.
+    The object under ``key`` is a result record; the worker replaces the placeholder with its
+    payload, and a failed record raises on the worker.
     """
 
     key: str
-    result_record: bool = True
 
 
 def encode_result(header: dict[str, Any], payload: bytes = b"") -> bytes:

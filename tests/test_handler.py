@@ -139,3 +139,167 @@ def test_worker_side_never_imports_host_side():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [], "the worker side imported host-side or dask modules"
+
+
+# -- the handler's own watchdog, storage failures, and hints ---------------------------------------
+
+_WATCHDOG_SCRIPT = r"""
+import sys, time
+from lambda_worker import handler, protocol, serialize
+from lambda_worker.storage.local import LocalStorage
+
+def slow(x):
+    print("started", x, flush=True)
+    time.sleep(60)
+
+class Context:
+    aws_request_id = "req-w"
+    def __init__(self, left):
+        self.deadline = time.time() + left
+    def get_remaining_time_in_millis(self):
+        return int((self.deadline - time.time()) * 1000)
+
+store = LocalStorage(sys.argv[1])
+store.put(protocol.func_key("t", "job1"), serialize.dumps((slow, "no-shared-functions", [])))
+blobs = [serialize.dumps(a) for a in ("a", "b")]
+store.put(protocol.args_key("t", "job1", "0000"), b"".join(blobs))
+calls = [{"id": "000000", "range": [0, len(blobs[0])]}, {"id": "000001", "range": [len(blobs[0]), len(blobs[1])]}]
+event = protocol.build_event(prefix="t", job_id="job1", storage=store.spec(), calls=calls,
+                             timeout=float(sys.argv[2]), host_versions=serialize.runtime_versions())
+handler.lambda_handler(event, Context(float(sys.argv[3])))
+print("the handler returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "timeout, left, expected",
+    [
+        (0.5, 60, "ran past its timeout of 0.5 s"),  # the call's own timeout comes first
+        (60, 2.0, "worker's own time limit"),  # the function's deadline (less a margin) comes first
+    ],
+)
+def test_the_watchdog_records_a_timeout_and_ends_the_process(tmp_path, timeout, left, expected):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WATCHDOG_SCRIPT, str(tmp_path), str(timeout), str(left)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == handler.WATCHDOG_EXIT_CODE, proc.stderr
+    assert "the handler returned" not in proc.stdout
+    store = LocalStorage(str(tmp_path))
+    first, _ = read(store, 0)
+    assert first["status"] == protocol.STATUS_FAILED and first["error"]["kind"] == protocol.FAIL_TIMEOUT
+    assert expected in first["error"]["message"] and "ended its process" in first["error"]["message"]
+    assert first["stdout"] == "started a\n"  # the output so far travels with the record
+    second, _ = read(store, 1)  # the invocation's call that never started is recorded too
+    assert second["error"]["kind"] == protocol.FAIL_TIMEOUT and "before this call" in second["error"]["message"]
+
+
+_DISARM_SCRIPT = r"""
+import sys, time
+from lambda_worker import handler, protocol, serialize
+from lambda_worker.storage.local import LocalStorage
+
+store = LocalStorage(sys.argv[1])
+store.put(protocol.func_key("t", "job1"), serialize.dumps((abs, "no-shared-functions", [])))
+blob = serialize.dumps(-3)
+store.put(protocol.args_key("t", "job1", "0000"), blob)
+event = protocol.build_event(prefix="t", job_id="job1", storage=store.spec(), calls=[{"id": "000000", "range": [0, len(blob)]}],
+                             timeout=0.2, host_versions=serialize.runtime_versions())
+print(handler.lambda_handler(event, None)["statuses"], flush=True)
+time.sleep(0.6)  # past the finished invocation's deadline: a watchdog left armed would end the process
+print("alive", flush=True)
+"""
+
+
+def test_the_watchdog_is_disarmed_after_the_invocation(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _DISARM_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["{'ok':", "1}", "alive"]
+
+
+def exits(code):
+    print("last words")
+    sys.exit(code)
+
+
+def test_sys_exit_is_recorded_with_its_output_then_ends_the_process(tmp_path):
+    store = LocalStorage(str(tmp_path))
+    with pytest.raises(SystemExit):
+        handler.lambda_handler(make_event(store, exits, [3]), FakeContext())
+    header, _ = read(store, 0)
+    assert header["error"]["kind"] == protocol.FAIL_WORKER_DIED
+    assert "sys.exit(3)" in header["error"]["message"] and "exited with code 3" in header["error"]["message"]
+    assert "last words" in header["error"]["message"]
+
+
+class _FailingPuts(LocalStorage):
+    """Refuses writes whose size is over ``limit`` (records with a payload), or every write."""
+
+    def __init__(self, root, limit):
+        super().__init__(root)
+        self.limit = limit
+
+    def put_if_absent(self, key, data):
+        if len(data) > self.limit:
+            raise ValueError(f"Invalid type for parameter IfNoneMatch ({len(data)} bytes)")  # as botocore's ParamValidationError
+        return super().put_if_absent(key, data)
+
+
+def big(x):
+    return b"x" * 10_000
+
+
+def test_a_record_that_cannot_be_written_becomes_a_failure_record(tmp_path, monkeypatch):
+    store = _FailingPuts(str(tmp_path), limit=5_000)
+    event = make_event(store, big, [1])
+    monkeypatch.setattr(handler, "storage_from_spec", lambda spec: store)
+    summary = handler.lambda_handler(event, FakeContext())
+    assert summary["statuses"] == {protocol.STATUS_FAILED: 1} and "handler_error" not in summary
+    header, _ = read(store, 0)
+    assert header["error"]["kind"] == protocol.FAIL_RESULT and "could not be written" in header["error"]["message"]
+
+
+def test_a_store_that_refuses_every_write_is_reported_not_raised(tmp_path, monkeypatch, capsys):
+    store = _FailingPuts(str(tmp_path), limit=-1)
+    event = make_event(LocalStorage(str(tmp_path)), big, [1, 2])
+    monkeypatch.setattr(handler, "storage_from_spec", lambda spec: store)
+    summary = handler.lambda_handler(event, FakeContext())
+    assert summary["statuses"] == {"unrecorded": 2}
+    assert "no record could be written" in summary["handler_error"]
+    assert "no record could be written" in capsys.readouterr().err  # in the function's log (CloudWatch)
+
+
+def test_an_unknown_store_is_reported_not_raised(tmp_path):
+    event = dict(make_event(LocalStorage(str(tmp_path)), big, [1]), storage={"kind": "no-such-store"})
+    summary = handler.lambda_handler(event, FakeContext())
+    assert "no-such-store" in summary["handler_error"] and summary["calls"] == 0
+
+
+def test_a_missing_payload_asks_about_cleanup_and_the_deployment(tmp_path):
+    store = LocalStorage(str(tmp_path))
+    event = make_event(store, big, [1])
+    store.delete([protocol.func_key("t", "job1")])
+    handler.lambda_handler(event, FakeContext())
+    header, _ = read(store, 0)
+    assert header["error"]["kind"] == protocol.FAIL_SETUP
+    assert "payload is missing" in header["error"]["message"] and "bucket/prefix differ" in header["error"]["message"]
+
+
+def imports_missing(x):
+    import no_such_module_for_wren  # noqa: F401
+
+
+@pytest.mark.parametrize("on_lambda", [False, True])
+def test_a_missing_module_says_how_to_add_it(tmp_path, monkeypatch, on_lambda):
+    if on_lambda:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "dask-wren")
+    else:
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    store = LocalStorage(str(tmp_path))
+    handler.lambda_handler(make_event(store, imports_missing, [1]), FakeContext())
+    _, payload = read(store, 0)
+    exc = serialize.loads_exception(payload)
+    assert isinstance(exc, ModuleNotFoundError)
+    note = "\n".join(getattr(exc, "__notes__", []))
+    assert "dask-wren deploy --packages no_such_module_for_wren" in note
+    assert ("pip install" in note) is not on_lambda

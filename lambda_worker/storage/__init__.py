@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambda_worker.storage.base import KeyNotFound, Storage, StorageError
+from lambda_worker.storage.base import KeyNotFound, Storage, StorageDenied, StorageError
 
-__all__ = ["KeyNotFound", "Storage", "StorageError", "storage_from_spec"]
+__all__ = ["KeyNotFound", "Storage", "StorageDenied", "StorageError", "storage_from_spec"]
 
 _CACHE: dict[str, Storage] = {}
 

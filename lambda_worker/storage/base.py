@@ -10,6 +10,11 @@ class StorageError(RuntimeError):
     """A storage request failed for a reason the user can act on (bucket, permissions, disk)."""
 
 
+class StorageDenied(StorageError):
+    """The store refused the request (403).  S3 also answers so for a missing key when the
+    caller may not list the bucket, as a least-privilege Lambda role may not."""
+
+
 class KeyNotFound(StorageError, KeyError):
     """The key does not exist (yet)."""
 

@@ -23,7 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from lambda_worker.storage.base import KeyNotFound, StorageError
+from lambda_worker.storage.base import KeyNotFound, StorageDenied, StorageError
 
 MiB = 1024 * 1024
 _MIN_PART = 5 * MiB  # S3 rejects smaller parts, except the last one
@@ -105,10 +105,10 @@ class S3Storage:
                     "or run `dask-wren deploy`, or set wren.storage.bucket"
                 )
             elif code in _DENIED:
-                msg = (
+                raise StorageDenied(
                     f"access denied to {where} ({e.operation_name}): the AWS credentials in use "
                     f"lack permission on bucket {self.bucket!r}; check the IAM or bucket policy"
-                )
+                ) from e
             elif code in _BAD_CREDENTIALS:
                 msg = (
                     f"AWS rejected the credentials for {where} ({code}): they are wrong or "
