@@ -9,14 +9,25 @@ State (dispatcher thread only):
              sent ahead only while the queue is long and recent calls were short
 
 Transitions:
-    invoke        -> appended to queue; idle workers take from the head
+    invoke        -> appended to queue; idle workers take from the head (while fewer than
+                     ``concurrency_limit`` workers are busy, when one is set)
     worker done   -> the next sent invocation (if any) starts; progress listeners are told; a
                      handler that raised (storage unreachable) gets failure records for its calls
     worker EOF    -> the process died: the running invocation's calls get ``worker_died``
                      records, the one waiting behind it goes back to the queue, a replacement starts
-    deadline      -> the worker is killed: ``timeout`` records, the same as EOF otherwise
+    deadline      -> the worker is killed: ``timeout`` records, the same as EOF otherwise.  The
+                     deadline is the invocation's timeout plus ``kill_grace`` (``KILL_GRACE``):
+                     the handler stops a call at its own timeout and writes its own record (first
+                     writer wins), so this kill is the backstop for a handler that cannot
+    memory        -> with ``memory_limit_mb``, a busy worker whose resident memory exceeds it
+                     (polled every ``MEMORY_POLL_INTERVAL`` s) is killed: ``worker_died`` records
     cancel        -> a queued call is dropped; a waiting one is withdrawn; a running invocation
                      whose calls are all cancelled is killed (no record: the future is cancelled)
+
+Every invocation that ran ends with one *outcome* (``OUTCOMES``), given to ``on_outcome`` when
+set.  With ``records_failures=False`` (the offline Lambda stand-in's pool) the backend writes no
+failure records at all, as Lambda writes none: a dead or killed worker is simply replaced and the
+outcome alone says what happened.
 
 Workers are started with ``subprocess`` in an empty directory without the host's ``PYTHONPATH``
 or working directory on ``sys.path``, so a function that works here also works on Lambda.  They
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -38,14 +50,41 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, write_failure_records
 from lambda_worker import protocol
 
+logger = logging.getLogger(__name__)
+
 _STARTUP_FAILURES_ALLOWED = 3
 _LOG_TAIL_BYTES = 2000
 _AHEAD_MAX_CALL_TIME = 0.05  # send a call ahead only while calls take less than this
+#: Seconds past an invocation's timeout before the pool kills its worker (the handler's own
+#: watchdog stops the call at its timeout; this kill is the backstop).
+KILL_GRACE = 5.0
+#: Seconds between two looks at the resident memory of busy workers (``memory_limit_mb``).
+MEMORY_POLL_INTERVAL = 0.1
+
+#: How an invocation that ran ended: ``ok`` (the handler returned), ``error`` (the handler
+#: raised), ``died`` (the worker process died), ``timeout`` / ``memory`` (the pool killed it),
+#: ``cancelled`` (all its calls were cancelled; it was killed or withdrawn).
+OUTCOMES = ("ok", "error", "died", "timeout", "memory", "cancelled")
+
+try:
+    _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE_SIZE = 4096
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` (Linux ``/proc``), or ``None`` where unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class _Worker:
@@ -111,13 +150,48 @@ def describe_exit(code: int | None) -> str:
 
 
 class LocalBackend(ProgressListeners):
-    """A warm pool of ``workers`` processes running ``lambda_worker.handler.lambda_handler``."""
+    """A warm pool of ``workers`` processes running ``lambda_worker.handler.lambda_handler``.
 
-    def __init__(self, workers: int | None = None, memory_mb: int = 2048, function_name: str = "dask-wren-local"):
+    ``memory_mb`` is what the Lambda-like context reports.  Options:
+
+    ``records_failures`` (True): write failure records for the calls of a worker that died, was
+        killed, or whose handler raised (the embedded backend: the host's own detection).  False:
+        write none, as Lambda does; the outcome goes to ``on_outcome`` only.
+    ``memory_limit_mb`` (None): kill a busy worker whose resident memory exceeds this many MB
+        (polled; Linux only), as Lambda kills a function that exceeds its memory.
+    ``kill_grace`` (``KILL_GRACE``): seconds past an invocation's timeout before its worker is
+        killed; the worker's context counts down to that moment.  0: kill at the timeout.
+    ``on_outcome(invocation, outcome, detail)``: called on the dispatcher thread (keep it short)
+        when an invocation that was sent to a worker ends; ``outcome`` is one of ``OUTCOMES``.
+    ``concurrency_limit`` (None): at most this many workers run invocations at once
+        (``set_concurrency_limit`` changes it).
+
+    ``killed_timeout`` and ``killed_memory`` count the workers killed for each reason.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        memory_mb: int = 2048,
+        function_name: str = "dask-wren-local",
+        *,
+        records_failures: bool = True,
+        memory_limit_mb: int | None = None,
+        kill_grace: float = KILL_GRACE,
+        on_outcome: Callable[[Invocation, str, str], None] | None = None,
+        concurrency_limit: int | None = None,
+    ):
         super().__init__()
         self.n_workers = workers or os.cpu_count() or 1
         self.memory_mb = memory_mb
         self.function_name = function_name
+        self.records_failures = records_failures
+        self.memory_limit_mb = memory_limit_mb
+        self.kill_grace = max(0.0, float(kill_grace))
+        self.on_outcome = on_outcome
+        self.concurrency_limit = concurrency_limit
+        self.killed_timeout = 0
+        self.killed_memory = 0
         self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
         self._lock = threading.Lock()
         self._inbox: deque[tuple] = deque()
@@ -131,6 +205,7 @@ class LocalBackend(ProgressListeners):
         self._workers: list[_Worker] = []
         self._startup_failures = 0
         self._recent_call_time = 0.0  # seconds per call, smoothed: decides sending ahead
+        self._next_memory_check = 0.0
 
     # -- public API (any thread) -------------------------------------------------------------
 
@@ -157,6 +232,11 @@ class LocalBackend(ProgressListeners):
 
     def call_done(self, request_id: str, call_id: str) -> None:
         """Nothing to do: the pool knows when its workers finish."""
+
+    def set_concurrency_limit(self, limit: int | None) -> None:
+        """At most ``limit`` invocations run at once from now on (None: one per worker)."""
+        self.concurrency_limit = limit
+        self._post(("wake",))
 
     def worker_pids(self) -> list[int]:
         """PIDs of the live worker processes (for diagnostics and tests)."""
@@ -186,7 +266,7 @@ class LocalBackend(ProgressListeners):
             while True:
                 self._fill_pool()
                 self._dispatch()
-                timeout = self._next_deadline()
+                timeout = self._next_wakeup()
                 ready = wait([self._wake_r] + [w.conn for w in self._workers], timeout)
                 if self._wake_r in ready:
                     try:
@@ -200,6 +280,7 @@ class LocalBackend(ProgressListeners):
                     if w.conn in ready:
                         self._read_worker(w)
                 self._enforce_deadlines()
+                self._enforce_memory()
         finally:
             for w in self._workers:
                 try:
@@ -225,7 +306,7 @@ class LocalBackend(ProgressListeners):
             if kind == "invoke":
                 if self._broken:
                     for inv in message[1]:
-                        write_failure_records(inv, protocol.FAIL_WORKER_DIED, self._broken)
+                        self._failed(inv, "died", protocol.FAIL_WORKER_DIED, self._broken)
                     self.notify()
                 else:
                     self._queue.extend(message[1])
@@ -255,10 +336,15 @@ class LocalBackend(ProgressListeners):
 
     def _dispatch(self) -> None:
         ready = [w for w in self._workers if w.ready]
+        limit = self.concurrency_limit
+        busy = sum(1 for w in self._workers if w.sent)
         for w in ready:  # idle workers first
             if not self._queue:
                 return
             if not w.sent:
+                if limit is not None and busy >= limit:
+                    return
+                busy += 1
                 w.started = time.monotonic()
                 self._send_invocation(w, self._queue.popleft())
         # Send one more ahead only when there is a backlog of short calls: the worker then never
@@ -270,7 +356,8 @@ class LocalBackend(ProgressListeners):
 
     def _send_invocation(self, w: _Worker, inv: Invocation) -> None:
         w.sent.append(inv)
-        self._send(w, ("invoke", inv.request_id, inv.event, inv.timeout))
+        # The worker's context counts down to the moment this pool kills it.
+        self._send(w, ("invoke", inv.request_id, inv.event, inv.timeout + self.kill_grace))
 
     def _send(self, w: _Worker, message: tuple) -> None:
         try:
@@ -278,11 +365,28 @@ class LocalBackend(ProgressListeners):
         except OSError:
             pass  # the worker is dying; its EOF will be read and its calls recorded
 
-    def _next_deadline(self) -> float | None:
-        deadlines = [w.started + w.current.timeout for w in self._workers if w.current is not None]
-        if not deadlines:
+    def _next_wakeup(self) -> float | None:
+        """Seconds until the next deadline or memory check, or None when no worker is busy."""
+        times = [w.started + w.current.timeout + self.kill_grace for w in self._workers if w.current is not None]
+        if not times:
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        if self.memory_limit_mb:
+            times.append(self._next_memory_check)
+        return max(0.0, min(times) - time.monotonic())
+
+    def _report(self, inv: Invocation, outcome: str, detail: str = "") -> None:
+        if self.on_outcome is None:
+            return
+        try:
+            self.on_outcome(inv, outcome, detail)
+        except Exception:
+            logger.exception("dask-wren local backend: the outcome listener failed")
+
+    def _failed(self, inv: Invocation, outcome: str, kind: str, message: str) -> None:
+        """``inv`` ran and failed: its calls get records (unless this pool writes none)."""
+        if self.records_failures:
+            write_failure_records(inv, kind, message)
+        self._report(inv, outcome, message)
 
     def _read_worker(self, w: _Worker) -> None:
         try:
@@ -299,7 +403,11 @@ class LocalBackend(ProgressListeners):
                         self._recent_call_time = 0.8 * self._recent_call_time + 0.2 * elapsed
                         error = message[2].get("handler_error")
                         if error:
-                            write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
+                            self._failed(inv, "error", protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
+                        else:
+                            self._report(inv, "ok")
+                    else:
+                        self._report(inv, "cancelled")
                     w.started = now
                     self.notify()
         except (EOFError, OSError):
@@ -309,12 +417,37 @@ class LocalBackend(ProgressListeners):
         now = time.monotonic()
         for w in list(self._workers):
             inv = w.current
-            if inv is not None and now >= w.started + inv.timeout:
+            if inv is not None and now >= w.started + inv.timeout + self.kill_grace:
                 w.kill()
-                self._lost(w, f"ran past its timeout of {inv.timeout:g} s and its worker was killed", protocol.FAIL_TIMEOUT)
+                self.killed_timeout += 1
+                self._lost(w, f"ran past its timeout of {inv.timeout:g} s and its worker was killed", protocol.FAIL_TIMEOUT, "timeout")
 
-    def _lost(self, w: _Worker, message: str | None, kind: str = protocol.FAIL_WORKER_DIED) -> None:
-        """A worker is gone (died or killed): record its invocation's calls and replace it."""
+    def _enforce_memory(self) -> None:
+        limit = self.memory_limit_mb
+        if not limit:
+            return
+        now = time.monotonic()
+        if now < self._next_memory_check:
+            return
+        self._next_memory_check = now + MEMORY_POLL_INTERVAL
+        for w in list(self._workers):
+            if w.current is None:
+                continue
+            rss = resident_bytes(w.proc.pid)
+            if rss is not None and rss > limit * 1024 * 1024:
+                w.kill()
+                self.killed_memory += 1
+                self._lost(
+                    w,
+                    f"the worker process running this call was killed: it used {rss / 2**20:.0f} MiB, "
+                    f"more than the memory limit of {limit} MB",
+                    protocol.FAIL_WORKER_DIED,
+                    "memory",
+                )
+
+    def _lost(self, w: _Worker, message: str | None, kind: str = protocol.FAIL_WORKER_DIED, outcome: str = "died") -> None:
+        """A worker is gone (died or killed): record its invocation's calls (unless this pool
+        writes no records), report the outcome, and replace it."""
         self._workers.remove(w)
         code = w.proc.wait()
         inv = w.current
@@ -336,14 +469,18 @@ class LocalBackend(ProgressListeners):
                     f"({sys.executable}), e.g. `pip install dask-wren`; worker output:\n{startup_log}"
                 )
                 for pending in list(self._queue) + ([inv] if inv else []):
-                    write_failure_records(pending, protocol.FAIL_WORKER_DIED, self._broken)
+                    self._failed(pending, "died", protocol.FAIL_WORKER_DIED, self._broken)
                 self._queue.clear()
                 self.notify()
                 return
         if inv is not None:
+            if inv.call_ids and inv.cancelled >= set(inv.call_ids):
+                self._report(inv, "cancelled")  # killed by cancel(): no record, the futures are cancelled
+                self.notify()
+                return
             if kind == protocol.FAIL_TIMEOUT:
                 message = f"the call {message}"
-            write_failure_records(inv, kind, message)
+            self._failed(inv, outcome, kind, message)
             self.notify()
 
 
