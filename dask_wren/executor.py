@@ -268,6 +268,11 @@ class Executor:
             output_tail=self.settings.output_tail, submitted=submitted,
         )
         base_size = len(json.dumps(base))
+        if base_size > MAX_EVENT_BYTES // 2:  # a large extra_env: every call reads it from storage instead
+            key = protocol.env_key(prefix, job_id)
+            self.storage.put(key, json.dumps(base["extra_env"]).encode())
+            base["extra_env"], base["extra_env_key"] = {}, key
+            base_size = len(json.dumps(base))
         invocations = []
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]

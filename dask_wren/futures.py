@@ -108,6 +108,8 @@ class WrenFuture(cf.Future):
         for k in ("result_bytes", "storage_requests", "worker_pid", "request_id"):
             if k in header:
                 self.stats[k] = header[k]
+        # invocations the host made of this call: the first, and each re-invoke of a lost call
+        self.stats["attempts"] = int(header.get("attempt") or 0) + 1
         payload = record[start:] if size is None or len(record) >= size else None
         status = header.get("status")
         try:

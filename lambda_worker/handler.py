@@ -186,9 +186,17 @@ class _Invocation:
         self.unrecorded: list[str] = []
         self.current: _CallRunner | None = None
         self.recorded: set[str] = set()
+        self._extra_env: dict[str, str] | None = None
         # Held while a record is written: the watchdog's records and the calls' never interleave,
         # and once the watchdog holds it, no call writes again (the process is ending).
         self.lock = threading.Lock()
+
+    def extra_env(self) -> dict[str, str]:
+        """The job's ``extra_env``: in the event, or (when too large for it) in storage, read once."""
+        if "extra_env_key" in self.event and self._extra_env is None:
+            self._extra_env = json.loads(self.storage.get(self.event["extra_env_key"]))
+            self.requests += 1
+        return self._extra_env if self._extra_env is not None else self.event.get("extra_env") or {}
 
     def run(self, mismatch: str | None) -> None:
         for i, call in enumerate(self.calls):
@@ -383,6 +391,9 @@ class _CallRunner:
         try:
             func = self._load_function()
             arg = self._load_argument()
+            fetched = self.invocation.requests
+            extra_env = self.invocation.extra_env()
+            self.requests += self.invocation.requests - fetched
         except (KeyNotFound, StorageDenied) as e:
             return self.fail(protocol.FAIL_SETUP, _MISSING_PAYLOAD.format(detail=e))
         except Exception as e:
@@ -392,7 +403,7 @@ class _CallRunner:
         value: Any = None
         raised: BaseException | None = None
         exited: SystemExit | None = None
-        with _environment(self.event.get("extra_env") or {}):
+        with _environment(extra_env):
             timings["worker_call_start"] = time.time()
             try:
                 with redirect_stdout(self.out), redirect_stderr(self.err):

@@ -10,6 +10,7 @@ Key layout under ``{prefix}/{job_id}/``::
     args/{shard}.pkl          the pickled arguments of a shard's calls, concatenated; each call
                               reads its byte range
     calls/{invocation}.json   an invocation's call list, when it would make the event too large
+    env.json                  the job's extra_env, when it would make the event too large
     r/{shard}/{call_id}       one result record per call
 
 A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).
@@ -73,6 +74,10 @@ def args_key(prefix: str, job_id: str, shard: str) -> str:
 
 def calls_key(prefix: str, job_id: str, invocation: int) -> str:
     return f"{prefix}/{job_id}/calls/{invocation:06d}.json"
+
+
+def env_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/env.json"
 
 
 def results_prefix(prefix: str, job_id: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 import dask_wren
 from dask_wren.backends.aws import AWSLambdaBackend, host_versions
+from dask_wren.backends.base import Invocation
 from dask_wren.config import Settings
 from dask_wren.executor import Executor
 from lambda_worker.handler import lambda_handler
@@ -19,8 +20,13 @@ pytestmark = pytest.mark.timeout(60)
 class FakeLambda:
     """Speaks the two Lambda calls the backend makes; runs the real handler in a thread."""
 
-    def __init__(self, versions=None, drop=(), fail_invoke=None, missing=False):
-        self.versions = dict(host_versions() if versions is None else versions)
+    def __init__(self, versions=None, drop=(), fail_invoke=None, missing=False, *, timeout=900, retries=0,
+                 reserved=None, unreserved=None, recorded=None):
+        self.versions = dict(host_versions() if versions is None else versions, **(recorded or {}))
+        self.timeout = timeout
+        self.retries = retries  # None: no event invoke configuration (Lambda's default applies)
+        self.reserved = reserved
+        self.unreserved = unreserved  # None: GetAccountSettings unavailable (as in moto)
         self.drop = set(drop)
         self.fail_invoke = fail_invoke
         self.missing = missing
@@ -36,7 +42,25 @@ class FakeLambda:
             raise botocore.exceptions.ClientError(
                 {"Error": {"Code": "ResourceNotFoundException", "Message": "Function not found"}}, "GetFunctionConfiguration"
             )
-        return {"FunctionName": FunctionName, "State": "Active", "Environment": {"Variables": self.versions}}
+        return {"FunctionName": FunctionName, "State": "Active", "Timeout": self.timeout,
+                "Environment": {"Variables": self.versions}}
+
+    def get_function_event_invoke_config(self, FunctionName):
+        if self.retries is None:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "no config"}}, "GetFunctionEventInvokeConfig"
+            )
+        return {"MaximumRetryAttempts": self.retries, "MaximumEventAgeInSeconds": 600}
+
+    def get_function_concurrency(self, FunctionName):
+        return {} if self.reserved is None else {"ReservedConcurrentExecutions": self.reserved}
+
+    def get_account_settings(self):
+        if self.unreserved is None:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "UnknownOperationException", "Message": "not implemented"}}, "GetAccountSettings"
+            )
+        return {"AccountLimit": {"UnreservedConcurrentExecutions": self.unreserved}}
 
     def invoke(self, FunctionName, InvocationType, Payload):
         assert InvocationType == "Event"
@@ -90,6 +114,51 @@ def test_preflight_errors_are_actionable(tmp_path):
     assert "cloudpickle: deployed 2.0.0" in str(info.value) and "dask-wren deploy" in str(info.value)
 
 
+@pytest.mark.parametrize("retries", [None, 1, 2])
+def test_preflight_refuses_a_function_that_retries_failed_events_itself(tmp_path, retries):
+    client = FakeLambda(retries=retries)
+    ex, _ = make(tmp_path, client)
+    with pytest.raises(dask_wren.BackendError, match=r"MaximumRetryAttempts \d.*redeploy with `dask-wren deploy`"):
+        ex.map(square, range(500))
+    assert client.invoked == []  # refused before any invoke
+
+
+def test_preflight_checks_the_timeout_bucket_and_prefix_before_any_invoke(tmp_path):
+    client = FakeLambda(timeout=3, recorded={"DASK_WREN_PREFIX": "elsewhere"})
+    ex, _ = make(tmp_path, client)
+    with pytest.raises(dask_wren.BackendError, match=r"call timeout \(5 s.*\(3 s, its Timeout\)"):
+        ex.map(square, [1])
+    with pytest.raises(dask_wren.BackendError, match="prefix is 'dask-wren'.*deployed for prefix 'elsewhere'"):
+        ex.map(square, [1], timeout=2)
+    assert client.invoked == []
+    backend = AWSLambdaBackend(Settings(backend="aws", storage="s3", bucket="mine"), client=FakeLambda(recorded={"DASK_WREN_BUCKET": "theirs"}))
+    backend.preflight()
+    inv = Invocation("r", {"storage": {"kind": "s3", "bucket": "mine"}, "prefix": "dask-wren"}, ["000000"], 5)
+    with pytest.raises(dask_wren.BackendError, match="bucket is 'mine'.*deployed for bucket 'theirs'"):
+        backend.invoke([inv])
+
+
+@pytest.mark.parametrize(
+    "reserved, unreserved, expected",
+    [(3, 500, 3), (None, 7, 7), (None, None, 1000), (None, 5000, 1000)],
+)
+def test_preflight_caps_calls_in_flight_at_the_functions_real_concurrency(tmp_path, caplog, reserved, unreserved, expected):
+    ex, backend = make(tmp_path, FakeLambda(reserved=reserved, unreserved=unreserved))
+    with caplog.at_level("INFO", logger="dask_wren"), ex:
+        assert dask_wren.get_all_results(ex.map(square, range(10))) == [i * i for i in range(10)]
+    assert backend.max_concurrency == expected
+    logged = caplog.text
+    assert (f"capped at {expected} instead" in logged) is (expected < 1000)
+    assert ("cannot read the account's Lambda concurrency" in logged) is (reserved is None and unreserved is None)
+    backend.shutdown()
+
+
+def test_a_reserved_concurrency_of_zero_is_one_clear_error(tmp_path):
+    ex, _ = make(tmp_path, FakeLambda(reserved=0))
+    with pytest.raises(dask_wren.BackendError, match="reserved concurrency of 0"):
+        ex.map(square, [1])
+
+
 def test_no_credentials_is_one_clear_error(tmp_path, monkeypatch):
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(k, raising=False)
@@ -127,6 +196,9 @@ def test_a_lost_call_fails_after_its_timeout_and_grace(tmp_path):
         assert futures[0].result() == 1 and futures[2].result() == 9
         with pytest.raises(dask_wren.WrenTimeoutError, match="no result within the call's timeout"):
             futures[1].result(timeout=30)
+        assert futures[0].stats["attempts"] == 1
+        assert futures[1].stats["attempts"] == 3  # the first invoke and two re-invokes, each counted
+        assert [e.get("attempt", 0) for e in client.invoked if e["calls"][0]["id"] == "000001"] == [0, 1, 2]
 
 
 def test_concurrency_cap_holds_calls_back(tmp_path):

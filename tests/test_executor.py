@@ -175,3 +175,14 @@ def test_a_large_job_spreads_its_keys_over_shards(local_executor):
     assert [k.rsplit("/", 1)[-1] for k in results] == [protocol.call_id_for(i) for i in range(n)]
     assert {k.rsplit("/", 2)[-2] for k in results} == {"0000", "0001", "0002"}
     assert [f.key for f in futures] == results
+
+
+def env_size(name):
+    return len(os.environ[name])
+
+
+def test_an_extra_env_too_large_for_an_event_travels_through_storage(executor):
+    big = "x" * 300_000  # more than an asynchronous Lambda event may carry
+    futures = executor.map(env_size, ["WREN_BIG", "WREN_BIG"], extra_env={"WREN_BIG": big})
+    assert [f.result(timeout=60) for f in futures] == [300_000, 300_000]
+    assert "WREN_BIG" not in os.environ

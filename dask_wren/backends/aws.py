@@ -18,8 +18,12 @@ What AWS asks of a client, and where it is handled:
   event was dropped, or its worker died) is invoked again, up to ``wren.aws.lost-call-retries``
   times; after that, or when an invoke fails for good, a failure record is written here, so no
   future waits forever;
-- before the first invoke, a preflight reads the function's configuration: it must exist and
-  record (at deploy time) the same Python minor, cloudpickle, dask and protocol versions as here.
+- before the first invoke, a preflight reads the deployment once (``Deployment``): the function
+  must exist, record (at deploy time) the same Python minor, cloudpickle, dask and protocol
+  versions as here, and leave every re-run to the host (asynchronous retries 0: Lambda would
+  otherwise run a failing call up to twice more, unseen); the concurrency it really has caps
+  ``wren.aws.max-concurrency``; each job's timeout, bucket and prefix are then checked against
+  the function's Timeout and the bucket and prefix recorded at deploy time, before it is invoked.
 
 Where the requests leave from: boto3 costs about 1.5 ms of CPU per invoke in Python, and the GIL
 runs one sender thread at a time, so one process tops out near 600 invokes/s.  With
@@ -41,11 +45,13 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import random
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -62,6 +68,11 @@ _RAMP_PER_S = 100.0
 _THROTTLE_BASE_PAUSE = 0.05
 _THROTTLE_MAX_PAUSE = 20.0
 _THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"}
+_DENIED_CODES = {"AccessDeniedException", "AccessDenied"}
+#: Lambda's asynchronous retries when a function has no event invoke configuration.
+LAMBDA_DEFAULT_ASYNC_RETRIES = 2
+
+logger = logging.getLogger("dask_wren")
 
 
 def _is_throttle(error: botocore.exceptions.ClientError) -> bool:
@@ -79,6 +90,16 @@ def host_versions() -> dict[str, str]:
         "DASK_WREN_DASK": dask.__version__,
         "DASK_WREN_PROTOCOL": str(protocol.PROTOCOL_VERSION),
     }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the preflight read of the deployed function, once per backend."""
+
+    timeout: float | None  # the function's Timeout (s)
+    bucket: str | None  # recorded at deploy time (DASK_WREN_BUCKET)
+    prefix: str | None  # recorded at deploy time (DASK_WREN_PREFIX)
+    concurrency: int | None  # executions it can have at once (reserved, else the account's unreserved)
 
 
 class AWSLambdaBackend(ProgressListeners):
@@ -122,7 +143,8 @@ class AWSLambdaBackend(ProgressListeners):
         self._n_in_flight = 0
         self._ramp_start: float | None = None
         self._threads: list[threading.Thread] = []
-        self._checked = False
+        self.deployment: Deployment | None = None
+        self._jobs_checked: set[tuple[Any, ...]] = set()
         self._closed = False
         self.sent = 0  # invoke requests accepted by Lambda (for diagnostics and benchmarks)
         self.throttled = 0  # invokes that botocore gave up on and that were sent again after a pause
@@ -134,8 +156,9 @@ class AWSLambdaBackend(ProgressListeners):
     # -- the Backend protocol -----------------------------------------------------------------
 
     def invoke(self, invocations: list[Invocation]) -> None:
-        if not self._checked:
+        if self.deployment is None:
             self.preflight()
+        self._check_jobs(invocations)
         if self._processes and (self._pool is None or self._pool.broken):
             self._start_invokers()
         with self._cond:
@@ -190,8 +213,9 @@ class AWSLambdaBackend(ProgressListeners):
 
     def preflight(self) -> None:
         """Check the deployed function before the first invoke; raise one actionable error."""
+        name = self.function_name
         try:
-            config = self.client.get_function_configuration(FunctionName=self.function_name)
+            config = self.client.get_function_configuration(FunctionName=name)
         except botocore.exceptions.NoCredentialsError:
             raise BackendError(
                 "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -201,35 +225,135 @@ class AWSLambdaBackend(ProgressListeners):
             code = e.response.get("Error", {}).get("Code", "")
             if code == "ResourceNotFoundException":
                 raise BackendError(
-                    f"the Lambda function {self.function_name!r} does not exist in region {self.region or 'default'}: "
+                    f"the Lambda function {name!r} does not exist in region {self.region or 'default'}: "
                     "deploy it with `dask-wren deploy`, or set wren.aws.function-name / wren.aws.region"
                 ) from None
             if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"):
                 raise BackendError(
-                    f"AWS refused to describe the Lambda function {self.function_name!r} ({code}): the credentials "
+                    f"AWS refused to describe the Lambda function {name!r} ({code}): the credentials "
                     "in use lack lambda:GetFunctionConfiguration / lambda:InvokeFunction on it, or are invalid"
                 ) from None
-            raise BackendError(f"could not check the Lambda function {self.function_name!r}: {e}") from None
+            raise BackendError(f"could not check the Lambda function {name!r}: {e}") from None
         except botocore.exceptions.EndpointConnectionError as e:
             raise BackendError(f"cannot reach the Lambda endpoint: {e}") from None
         recorded = (config.get("Environment") or {}).get("Variables") or {}
         mine = host_versions()
         problems = [
-            f"{name.removeprefix('DASK_WREN_').lower()}: deployed {recorded.get(name, 'unknown')}, here {value}"
-            for name, value in mine.items()
-            if recorded.get(name) != value
+            f"{key.removeprefix('DASK_WREN_').lower()}: deployed {recorded.get(key, 'unknown')}, here {value}"
+            for key, value in mine.items()
+            if recorded.get(key) != value
         ]
         if problems:
             raise VersionMismatchError(
-                f"the Lambda function {self.function_name!r} was deployed for other versions ("
+                f"the Lambda function {name!r} was deployed for other versions ("
                 + "; ".join(problems)
                 + "). Pickled functions only cross between equal versions: redeploy from this environment "
                 "with `dask-wren deploy`, or install the deployed versions here."
             )
         state = config.get("State", "Active")
         if state not in ("Active", None):
-            raise BackendError(f"the Lambda function {self.function_name!r} is {state}, not Active; try again shortly")
-        self._checked = True
+            raise BackendError(f"the Lambda function {name!r} is {state}, not Active; try again shortly")
+        self._check_async_retries()
+        concurrency = self._read_concurrency()
+        if concurrency is not None and concurrency < self.max_concurrency:
+            logger.info(
+                "dask-wren: the Lambda function %s can run %d invocations at once; calls in flight are capped "
+                "at %d instead of wren.aws.max-concurrency %d", name, concurrency, concurrency, self.max_concurrency,
+            )
+            self.max_concurrency = concurrency
+        timeout = config.get("Timeout")
+        self.deployment = Deployment(
+            timeout=float(timeout) if timeout else None,
+            bucket=recorded.get("DASK_WREN_BUCKET"),
+            prefix=recorded.get("DASK_WREN_PREFIX"),
+            concurrency=concurrency,
+        )
+
+    def _check_async_retries(self) -> None:
+        """Lambda must not re-run failed events itself: every re-run is the host's decision."""
+        name = self.function_name
+        try:
+            retries = self.client.get_function_event_invoke_config(FunctionName=name).get(
+                "MaximumRetryAttempts", LAMBDA_DEFAULT_ASYNC_RETRIES
+            )
+        except botocore.exceptions.ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in _DENIED_CODES:
+                logger.warning(
+                    "dask-wren: cannot read the asynchronous invoke configuration of %s (%s); make sure its "
+                    "MaximumRetryAttempts is 0 (`dask-wren deploy` sets it)", name, code,
+                )
+                return
+            if code != "ResourceNotFoundException":
+                raise BackendError(f"could not read the asynchronous invoke configuration of {name!r}: {e}") from None
+            retries = LAMBDA_DEFAULT_ASYNC_RETRIES  # no configuration: Lambda's default applies
+        if retries:
+            raise BackendError(
+                f"the Lambda function {name!r} retries failed asynchronous invocations itself "
+                f"(MaximumRetryAttempts {retries}), so a call that crashes or overruns would run up to {retries + 1} "
+                "times, unseen by dask-wren, which decides every re-run itself: redeploy with `dask-wren deploy` "
+                f"(it sets the retries to 0), or run `aws lambda put-function-event-invoke-config --function-name "
+                f"{name} --maximum-retry-attempts 0`"
+            )
+
+    def _read_concurrency(self) -> int | None:
+        """Executions the function can have at once: its reserved concurrency, else the account's
+        unreserved concurrency; ``None`` (with a log line) when neither can be read."""
+        name = self.function_name
+        try:
+            reserved = self.client.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            logger.info("dask-wren: cannot read the reserved concurrency of %s (%s)", name, e)
+            reserved = None
+        if reserved == 0:
+            raise BackendError(
+                f"the Lambda function {name!r} has a reserved concurrency of 0, so Lambda runs none of its "
+                "invocations: raise it (`aws lambda delete-function-concurrency --function-name "
+                f"{name}`) and try again"
+            )
+        if reserved is not None:
+            return int(reserved)
+        try:
+            limits = self.client.get_account_settings().get("AccountLimit", {})
+            unreserved = limits.get("UnreservedConcurrentExecutions")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            logger.info(
+                "dask-wren: cannot read the account's Lambda concurrency (%s); calls in flight stay capped at "
+                "wren.aws.max-concurrency %d", e, self.max_concurrency,
+            )
+            return None
+        return int(unreserved) if unreserved else None
+
+    def _check_jobs(self, invocations: list[Invocation]) -> None:
+        """Each job's timeout, bucket and prefix fit the deployment: one error, before any invoke."""
+        deployment = self.deployment
+        for inv in invocations:
+            storage = inv.event.get("storage") or {}
+            job = (inv.timeout, storage.get("bucket"), inv.event.get("prefix"))
+            if job in self._jobs_checked:
+                continue
+            timeout, bucket, prefix = job
+            if deployment.timeout is not None and timeout > deployment.timeout:
+                raise BackendError(
+                    f"the call timeout ({timeout:g} s, wren.timeout or timeout=) is longer than the Lambda function "
+                    f"{self.function_name!r} may run ({deployment.timeout:g} s, its Timeout): Lambda would stop the "
+                    f"calls first. Pass timeout={deployment.timeout:g} or less, or redeploy with "
+                    f"`dask-wren deploy --timeout {min(900, int(-(-timeout // 1)))}`"
+                )
+            if bucket and deployment.bucket and bucket != deployment.bucket:
+                raise BackendError(
+                    f"this executor's bucket is {bucket!r} (wren.storage.bucket) but the Lambda function "
+                    f"{self.function_name!r} was deployed for bucket {deployment.bucket!r}, the only one its role "
+                    "may use: set wren.storage.bucket to it, or redeploy with `dask-wren deploy --bucket "
+                    f"{bucket}`"
+                )
+            if deployment.prefix and prefix != deployment.prefix:
+                raise BackendError(
+                    f"this executor's prefix is {prefix!r} (wren.storage.prefix) but the Lambda function "
+                    f"{self.function_name!r} was deployed for prefix {deployment.prefix!r}, the only one its role "
+                    f"may use: set wren.storage.prefix to it, or redeploy with `dask-wren deploy --prefix {prefix}`"
+                )
+            self._jobs_checked.add(job)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -391,7 +515,7 @@ class AWSLambdaBackend(ProgressListeners):
 
 
 def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:
-    event = dict(inv.event)
+    event = dict(inv.event, attempt=inv.attempt + 1)
     if "calls" in event:
         event["calls"] = [c for c in event["calls"] if c["id"] in calls]
     return Invocation(

@@ -110,6 +110,7 @@ def _write_failure_records(inv: Invocation, kind: str, message: str) -> None:
             "job_id": event["job_id"],
             "call_id": call_id,
             "request_id": inv.request_id,
+            "attempt": inv.attempt,
             "status": protocol.STATUS_FAILED,
             "error": {"kind": kind, "message": message},
             "timings": {"backend_recorded": now},
