@@ -34,7 +34,16 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
 
-    d = sub.add_parser("deploy", help="create or update the function, its role, layer and bucket (idempotent)")
+    d = sub.add_parser(
+        "deploy",
+        help="create or update the function, its role, layers and bucket (idempotent)",
+        description=(
+            "Create or update, idempotently: the worker role and its policy, the bucket, the runtime layer (and "
+            "package layers for --packages / --requirements), the function, its async invoke configuration "
+            "(no Lambda retries: the host retries; events expire after wren.aws.throttle-timeout), and the "
+            "settings file (with wren.aws.max-concurrency from the function's real concurrency)."
+        ),
+    )
     common(d)
     d.add_argument("--prefix", help="key prefix in the bucket (default: wren.storage.prefix, 'dask-wren')")
     d.add_argument("--memory", type=int, default=2048, help="function memory in MB (default 2048)")
@@ -42,8 +51,31 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64", help="function architecture")
     d.add_argument("--expire-days", type=int, default=7, help="days before objects under the prefix expire (7)")
     d.add_argument("--layer-zip", type=Path, help="use this prebuilt runtime layer zip instead of building one")
+    d.add_argument(
+        "--packages",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PKG",
+        help="your packages for the workers (pip specifiers, e.g. scipy 'pandas>=2'); repeatable. Resolved with "
+        "pip for Lambda's platform and Python (wheels only, no Docker) together with the runtime's packages, "
+        "which keep their versions; published as up to 4 layers '<function>-packages-N'",
+    )
+    d.add_argument(
+        "--requirements",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a pip requirements file of your packages (-r includes, comments and blank lines allowed); "
+        "repeatable; as --packages. Over Lambda's 250 MB (function and all layers, unzipped), deploy "
+        "stops before changing anything and names the largest packages: use a container image then "
+        "(runtime/Dockerfile)",
+    )
 
-    x = sub.add_parser("destroy", help="delete the function, its layer versions and role (bucket: --delete-bucket)")
+    x = sub.add_parser(
+        "destroy", help="delete the function (and its async invoke config), its layers' versions and role (bucket: --delete-bucket)"
+    )
     common(x)
     x.add_argument("--delete-bucket", action="store_true", help="also empty and delete the bucket")
     x.add_argument("--yes", action="store_true", help="really delete (required unless --dry-run)")
@@ -76,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     endpoint_url=args.endpoint_url,
                     layer_zip=args.layer_zip,
                     dry_run=args.dry_run,
+                    requirements=tuple(args.requirements),
+                    packages=tuple(args.packages),
                 )
             )
             return 0

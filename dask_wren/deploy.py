@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import csv
+import functools
 import hashlib
 import io
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -29,8 +32,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +45,13 @@ from dask_wren.errors import WrenError
 
 HANDLER = "lambda_worker.handler.lambda_handler"
 #: Python minors Lambda has a managed runtime for, and the glibc minor of that runtime's OS
-#: (python3.9-3.11 run on Amazon Linux 2, glibc 2.26; python3.12+ on Amazon Linux 2023, glibc 2.34).
-LAMBDA_PYTHONS: dict[str, int] = {"3.9": 26, "3.10": 26, "3.11": 26, "3.12": 34, "3.13": 34}
+#: (python3.10 and 3.11 run on Amazon Linux 2, glibc 2.26; python3.12+ on Amazon Linux 2023, glibc 2.34).
+#: 3.9 is left out: the project itself requires Python 3.10 or newer.
+LAMBDA_PYTHONS: dict[str, int] = {"3.10": 26, "3.11": 26, "3.12": 34, "3.13": 34, "3.14": 34}
+#: The first botocore (and boto3) release whose S3 model has ``IfNoneMatch`` on PutObject: workers
+#: write result records with conditional writes (first writer wins), which older SDKs reject.
+#: Found by downloading botocore 1.35.1 and 1.35.2 and reading PutObjectRequest in their s3 model.
+BOTOCORE_FLOOR = "1.35.2"
 ARCHITECTURES: dict[str, str] = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda name -> wheel tag
 LIFECYCLE_RULE_ID = "dask-wren-expire"
 POLICY_NAME = "dask-wren-worker"
@@ -51,6 +59,9 @@ MiB = 1024 * 1024
 LAYER_UNZIPPED_LIMIT = 250 * MiB  # function + layers, unzipped (a Lambda limit)
 DIRECT_UPLOAD_LIMIT = 50 * MiB  # larger zips must be published from S3 (a Lambda limit)
 MAX_TIMEOUT = 900
+MAX_LAYERS = 5  # layers per function (a Lambda limit): the runtime layer and up to 4 package layers
+PACKAGE_LAYER_TARGET = 48 * MiB  # unzipped bytes per package layer, so most zips go up directly
+EVENT_AGE_RANGE = (60, 21600)  # MaximumEventAgeInSeconds, seconds (a Lambda limit)
 ROLE_RETRY_ATTEMPTS = 12  # create_function while a new role propagates through IAM: ~1 min
 ROLE_RETRY_DELAY = 5.0
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same files give the same zip and sha256
@@ -91,7 +102,11 @@ def log_group_arn(region: str, account: str, function_name: str, partition: str 
 def worker_policy(
     bucket: str, prefix: str, region: str, account: str, function_name: str, partition: str = "aws"
 ) -> dict[str, Any]:
-    """The worker's only permissions: its objects under the prefix, and its own log group."""
+    """The worker's only permissions: read payloads and write result records under the prefix, and log.
+
+    The host, not the worker, lists results and deletes job objects: no ``s3:ListBucket`` and no
+    ``s3:DeleteObject`` here.  (Without ListBucket, S3 answers a missing key with 403 AccessDenied.)
+    """
     group = log_group_arn(region, account, function_name, partition)
     return {
         "Version": "2012-10-17",
@@ -99,15 +114,8 @@ def worker_policy(
             {
                 "Sid": "WrenObjects",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Action": ["s3:GetObject", "s3:PutObject"],
                 "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/*",
-            },
-            {
-                "Sid": "WrenListPrefix",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": f"arn:{partition}:s3:::{bucket}",
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
             },
             {"Sid": "LogGroup", "Effect": "Allow", "Action": "logs:CreateLogGroup", "Resource": group},
             {
@@ -140,22 +148,57 @@ def lifecycle_rule(prefix: str, expire_days: int) -> dict[str, Any]:
     }
 
 
-def function_environment(versions: dict[str, str]) -> dict[str, str]:
-    """What the function was deployed for; the invoker compares these with its own host."""
-    return {
+def function_environment(
+    versions: dict[str, str], *, bucket: str | None = None, prefix: str | None = None
+) -> dict[str, str]:
+    """What the function was deployed for; the invoker checks these against its host before invoking.
+
+    The four ``DASK_WREN_{PYTHON,CLOUDPICKLE,DASK,PROTOCOL}`` are versions, compared with the host's;
+    ``DASK_WREN_BUCKET`` and ``DASK_WREN_PREFIX`` are where the function may read and write (its
+    role allows nothing else), compared with the executor's storage.
+    """
+    env = {
         "DASK_WREN_PYTHON": versions["python"],
         "DASK_WREN_CLOUDPICKLE": versions["cloudpickle"],
         "DASK_WREN_DASK": versions["dask"],
         "DASK_WREN_PROTOCOL": versions["protocol"],
     }
+    if bucket is not None:
+        env["DASK_WREN_BUCKET"] = bucket
+    if prefix is not None:
+        env["DASK_WREN_PREFIX"] = prefix
+    return env
+
+
+def event_invoke_config(throttle_timeout: float) -> dict[str, int]:
+    """The function's asynchronous invoke configuration: the host is the one retry authority.
+
+    Lambda retries a failed async event twice by default and keeps a throttled one for up to six
+    hours; the host already re-invokes lost calls and waits ``wren.aws.throttle-timeout`` on
+    throttling, so Lambda retries nothing and drops an event older than that (within 60..21600 s).
+    """
+    low, high = EVENT_AGE_RANGE
+    return {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": int(min(high, max(low, throttle_timeout)))}
 
 
 def settings_document(
-    *, function_name: str, bucket: str, region: str, prefix: str, endpoint_url: str | None
+    *,
+    function_name: str,
+    bucket: str,
+    region: str,
+    prefix: str,
+    endpoint_url: str | None,
+    max_concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """The ``wren.*`` settings that point ``default_executor()`` at the deployment."""
+    """The ``wren.*`` settings that point ``default_executor()`` at the deployment.
+
+    ``max_concurrency``, when known, is the concurrency the function really has (its reservation,
+    or the account's unreserved pool): more calls in flight would only queue inside Lambda.
+    """
     storage: dict[str, Any] = {"kind": "s3", "bucket": bucket, "region": region, "prefix": prefix}
     aws: dict[str, Any] = {"function-name": function_name, "region": region}
+    if max_concurrency is not None:
+        aws["max-concurrency"] = max_concurrency
     # Always written, null without --endpoint-url: a later deploy to real AWS clears a stand-in's URL.
     storage["endpoint-url"] = endpoint_url
     aws["lambda-endpoint-url"] = endpoint_url
@@ -226,6 +269,10 @@ class DeployOptions:
     endpoint_url: str | None = None
     layer_zip: Path | None = None
     dry_run: bool = False
+    #: the user's packages: requirement files (``-r`` lines, comments and blank lines allowed)
+    #: and requirement specifiers, added to the runtime in package layers
+    requirements: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +293,7 @@ class DeployConfig:
     endpoint_url: str | None
     python: str
     versions: dict[str, str]
+    event_age: int = 600  # MaximumEventAgeInSeconds: wren.aws.throttle-timeout within Lambda's range
 
     @property
     def role_name(self) -> str:
@@ -254,6 +302,10 @@ class DeployConfig:
     @property
     def layer_name(self) -> str:
         return f"{self.function_name}-runtime"
+
+    def package_layer_name(self, number: int) -> str:
+        """The ``number``-th (1-based) layer of the user's packages."""
+        return package_layer_name(self.function_name, number)
 
     @property
     def runtime(self) -> str:
@@ -265,19 +317,27 @@ class DeployConfig:
 
     @property
     def layer_arn(self) -> str:
-        return f"arn:{self.partition}:lambda:{self.region}:{self.account}:layer:{self.layer_name}"
+        return self.layer_arn_of(self.layer_name)
+
+    def layer_arn_of(self, layer_name: str) -> str:
+        return f"arn:{self.partition}:lambda:{self.region}:{self.account}:layer:{layer_name}"
 
     def worker_policy(self) -> dict[str, Any]:
         return worker_policy(self.bucket, self.prefix, self.region, self.account, self.function_name, self.partition)
 
-    def settings_document(self) -> dict[str, Any]:
+    def settings_document(self, max_concurrency: int | None = None) -> dict[str, Any]:
         return settings_document(
             function_name=self.function_name,
             bucket=self.bucket,
             region=self.region,
             prefix=self.prefix,
             endpoint_url=self.endpoint_url,
+            max_concurrency=max_concurrency,
         )
+
+
+def package_layer_name(function_name: str, number: int) -> str:
+    return f"{function_name}-packages-{number}"
 
 
 def default_bucket(account: str, region: str) -> str:
@@ -305,6 +365,64 @@ def check_options(opts: DeployOptions) -> None:
         raise DeployError(f"--expire-days must be at least 1, not {opts.expire_days}")
     if opts.layer_zip is not None and not Path(opts.layer_zip).is_file():
         raise DeployError(f"--layer-zip {opts.layer_zip}: no such file")
+    user_requirements(opts)  # a missing or unreadable --requirements file fails here
+
+
+def user_requirements(opts: DeployOptions) -> list[str]:
+    """The user's requirements: every ``--requirements`` file's lines, then every ``--packages`` item."""
+    reqs: list[str] = []
+    for path in opts.requirements:
+        reqs += read_requirements(Path(path))
+    for spec in opts.packages:
+        if not spec.strip():
+            continue
+        if spec.strip().startswith("-"):
+            raise DeployError(f"--packages takes requirement specifiers (like 'scipy>=1.11'), not {spec!r}")
+        reqs.append(spec.strip())
+    return reqs
+
+
+def read_requirements(path: Path, _seen: tuple[Path, ...] = ()) -> list[str]:
+    """Requirement lines of a pip requirements file: comments and blank lines dropped, ``-r`` followed.
+
+    Index options (``--index-url``, ``--extra-index-url``, ``--find-links``) and ``-c`` constraint
+    files are kept for pip (paths made absolute); editable and source installs are refused, since
+    the layer holds wheels for Lambda's platform only.
+    """
+    path = Path(path).expanduser()
+    if path.resolve() in _seen:
+        raise DeployError(f"requirements file {path} includes itself (through -r)")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DeployError(f"--requirements {path}: cannot read it ({e.strerror or e})") from None
+    text = re.sub(r"\\\n", " ", text)  # line continuations
+    reqs: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        option = re.match(r"(-r|--requirement|-c|--constraint)(?:\s+|=)?(\S+)$", line)
+        if option:
+            target = Path(option.group(2)).expanduser()
+            target = target if target.is_absolute() else path.parent / target
+            if option.group(1) in ("-r", "--requirement"):
+                reqs += read_requirements(target, (*_seen, path.resolve()))
+            else:
+                if not target.is_file():
+                    raise DeployError(f"{path}:{number}: constraint file {target} not found")
+                reqs.append(f"-c {target}")
+            continue
+        if re.match(r"(-i|--index-url|--extra-index-url|-f|--find-links|--pre|--prefer-binary)\b", line):
+            reqs.append(line)
+            continue
+        if line.startswith("-"):
+            raise DeployError(
+                f"{path}:{number}: {line!r} is not supported here: the package layers hold wheels for Lambda's "
+                "platform only (no -e / source installs); use a container image for those (runtime/Dockerfile)"
+            )
+        reqs.append(line)
+    return reqs
 
 
 def resolve_region(region: str | None) -> str:
@@ -363,6 +481,8 @@ def resolve(opts: DeployOptions, clients: AwsClients, account: str, partition: s
 
     python = host_python()
     prefix = (opts.prefix or dask.config.get("wren.storage.prefix") or "dask-wren").strip("/")
+    throttle_timeout = dask.config.get("wren.aws.throttle-timeout", 600)
+    throttle_timeout = 600 if throttle_timeout is None else float(throttle_timeout)
     return DeployConfig(
         function_name=opts.function_name or dask.config.get("wren.aws.function-name") or "dask-wren",
         bucket=opts.bucket or default_bucket(account, clients.region),
@@ -378,6 +498,7 @@ def resolve(opts: DeployOptions, clients: AwsClients, account: str, partition: s
         endpoint_url=opts.endpoint_url,
         python=python,
         versions=host_versions(),
+        event_age=event_invoke_config(throttle_timeout)["MaximumEventAgeInSeconds"],
     )
 
 
@@ -393,9 +514,12 @@ class LayerZip:
     size: int
     unzipped_size: int
     versions: dict[str, str]
+    #: unzipped bytes per package (by top-level name under ``python/``), for size reports
+    packages: dict[str, int] = field(default_factory=dict)
+    kind: str = "runtime"  # runtime (the handler and its packages) | packages (the user's)
 
     def description(self, python: str, arch: str) -> str:
-        return f"dask-wren runtime python{python} {arch} sha256={self.sha256}"
+        return f"dask-wren {self.kind} python{python} {arch} sha256={self.sha256}"
 
 
 def format_size(n: int) -> str:
@@ -406,8 +530,59 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def inspect_layer_zip(path: Path, python: str, arch: str) -> LayerZip:
-    """Hash and measure a layer zip, and refuse one Lambda could not use for this deployment."""
+def _older(version: str, floor: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) < Version(floor)
+    except InvalidVersion:
+        return False
+
+
+def _package_of(name: str) -> str | None:
+    """The package a layer path belongs to, by its top-level entry under ``python/`` (for size reports)."""
+    parts = name.split("/")
+    if len(parts) < 2 or parts[0] != "python" or not parts[1]:
+        return None
+    top = parts[1]
+    m = re.fullmatch(r"(.+?)-[^-]+\.(?:dist|egg)-info", top)
+    if m:
+        top = m.group(1)
+    elif top.endswith((".libs", ".data")):
+        top = top.rsplit(".", 1)[0]
+    elif len(parts) == 2:  # a module: six.py, _cffi_backend.cpython-311-x86_64-linux-gnu.so
+        top = top.split(".", 1)[0]
+    return _normalize(top).strip("-") or top
+
+
+def size_limit_message(total: int, sizes: Mapping[str, int]) -> str:
+    """Over Lambda's unzipped limit: say by how much, which packages weigh most, and what to do."""
+    largest = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:6]
+    named = ", ".join(f"{name} {format_size(n)}" for name, n in largest)
+    return (
+        f"the function and its layers would unzip to {format_size(total)}, over Lambda's 250 MB limit for a "
+        f"function and all its layers together; the largest packages: {named}. Deploy fewer packages "
+        "(--packages / --requirements, runtime/requirements.txt), or run the worker as a container image "
+        "(up to 10 GB): see runtime/Dockerfile"
+    )
+
+
+def check_unzipped_size(layers: Sequence[LayerZip]) -> None:
+    """Refuse, before any upload, a function whose layers together exceed Lambda's unzipped limit."""
+    total = len(_FUNCTION_README) + sum(layer.unzipped_size for layer in layers)
+    if total > LAYER_UNZIPPED_LIMIT:
+        sizes: dict[str, int] = {}
+        for layer in layers:
+            for name, n in layer.packages.items():
+                sizes[name] = sizes.get(name, 0) + n
+        raise DeployError(size_limit_message(total, sizes))
+
+
+def inspect_layer_zip(path: Path, python: str, arch: str, *, runtime: bool = True) -> LayerZip:
+    """Hash and measure a layer zip, and refuse one Lambda could not use for this deployment.
+
+    ``runtime``: the layer that holds the handler (else one of the user's package layers).
+    """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -415,17 +590,19 @@ def inspect_layer_zip(path: Path, python: str, arch: str) -> LayerZip:
     except (OSError, zipfile.BadZipFile) as e:
         raise DeployError(f"layer zip {path} cannot be read: {e}") from None
     names = {i.filename for i in infos}
-    if "python/lambda_worker/handler.py" not in names:
+    if runtime and "python/lambda_worker/handler.py" not in names:
         raise DeployError(
             f"layer zip {path} has no python/lambda_worker/handler.py: the function's handler {HANDLER} "
             "would not import (build it with `python runtime/build_layer.py` or let deploy build it)"
         )
     unzipped = sum(i.file_size for i in infos)
+    packages: dict[str, int] = {}
+    for info in infos:
+        owner = _package_of(info.filename)
+        if owner is not None:
+            packages[owner] = packages.get(owner, 0) + info.file_size
     if unzipped + len(_FUNCTION_README) > LAYER_UNZIPPED_LIMIT:
-        raise DeployError(
-            f"layer zip {path} unzips to {unzipped / MiB:.1f} MB, over Lambda's 250 MB limit for a function "
-            "and its layers: trim runtime/requirements.txt"
-        )
+        raise DeployError(f"layer zip {path}: " + size_limit_message(unzipped + len(_FUNCTION_README), packages))
     versions: dict[str, str] = {}
     tags: set[str] = set()
     machines: set[str] = set()
@@ -447,19 +624,30 @@ def inspect_layer_zip(path: Path, python: str, arch: str) -> LayerZip:
             f"layer zip {path} holds extension modules for {', '.join(sorted(machines))}, not {arch}: pass the "
             "matching --arch or rebuild the layer"
         )
+    botocore = versions.get("botocore")
+    if botocore and _older(botocore, BOTOCORE_FLOOR):
+        raise DeployError(
+            f"layer zip {path} has botocore {botocore}, older than {BOTOCORE_FLOOR}: workers write their result "
+            f"records with S3 conditional writes (put_object IfNoneMatch='*', first writer wins), which botocore "
+            f"knows from {BOTOCORE_FLOOR} on. Rebuild the layer with boto3 and botocore >= {BOTOCORE_FLOOR}: "
+            f"`pip install -U 'boto3>={BOTOCORE_FLOOR}'` here, then deploy without --layer-zip (or run "
+            "runtime/build_layer.py)"
+        )
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(MiB), b""):
             digest.update(block)
-    return LayerZip(path, digest.hexdigest(), path.stat().st_size, unzipped, versions)
+    return LayerZip(
+        path, digest.hexdigest(), path.stat().st_size, unzipped, versions, packages, "runtime" if runtime else "packages"
+    )
 
 
 def runtime_requirements() -> list[str]:
     """``runtime/requirements.txt`` (a source checkout) or the same list built in, plus tblib and boto3.
 
-    boto3 goes into the layer although Lambda's runtime bundles one: the worker's S3 store uses
-    conditional writes (``IfNoneMatch``) that an older bundled SDK rejects, and the layer's copy
-    comes first on the function's ``sys.path``.
+    boto3 and botocore go into the layer although Lambda's runtime bundles them: the worker's S3
+    store uses conditional writes (``IfNoneMatch``) that an older bundled SDK rejects
+    (``BOTOCORE_FLOOR``), and the layer's copy comes first on the function's ``sys.path``.
     """
     if _REQUIREMENTS_FILE.is_file():
         lines = _REQUIREMENTS_FILE.read_text().splitlines()
@@ -467,8 +655,13 @@ def runtime_requirements() -> list[str]:
         reqs = [r for r in reqs if r]
     else:
         reqs = list(_FALLBACK_REQUIREMENTS)
-    named = {_normalize(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) for r in reqs}
-    return reqs + [extra for extra in ("tblib", "boto3") if extra not in named]
+    named = {_requirement_name(r) for r in reqs}
+    extras = {"tblib": "tblib", "boto3": f"boto3>={BOTOCORE_FLOOR}", "botocore": f"botocore>={BOTOCORE_FLOOR}"}
+    return reqs + [spec for name, spec in extras.items() if name not in named]
+
+
+def _requirement_name(spec: str) -> str:
+    return _normalize(re.split(r"[<>=!~ ;\[@]", spec.strip(), maxsplit=1)[0])
 
 
 def layer_constraints() -> list[str]:
@@ -503,14 +696,82 @@ def _layer_filter(rel: Path) -> bool:
 
 def write_deterministic_zip(root: Path, dest: Path, keep: Callable[[Path], bool] = lambda rel: True) -> None:
     """Zip ``root``'s files in sorted order with fixed timestamps: same files, same bytes."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and keep(p.relative_to(root)))
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and keep(p.relative_to(root)))
+    _zip_files(root, files, dest)
+
+
+def _zip_files(root: Path, files: Iterable[Path], dest: Path) -> None:
+    """Zip these files (relative to ``root``) in sorted order with fixed timestamps and modes."""
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for p in files:
-            info = zipfile.ZipInfo(p.relative_to(root).as_posix(), date_time=_ZIP_TIME)
+        for rel in sorted(files, key=lambda r: r.as_posix()):
+            p = root / rel
+            info = zipfile.ZipInfo(rel.as_posix(), date_time=_ZIP_TIME)
             mode = 0o755 if p.stat().st_mode & stat.S_IXUSR else 0o644
             info.external_attr = (stat.S_IFREG | mode) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, p.read_bytes())
+
+
+def _check_target(python: str | None, arch: str) -> str:
+    python = python or host_python()
+    lambda_runtime(python)
+    if arch not in ARCHITECTURES:
+        raise DeployError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
+    return python
+
+
+def _run_pip(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run pip (the one place a layer build calls it; tests replace it with a fake)."""
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _pip_install(
+    site: Path, requirements: Sequence[str], *, python: str, arch: str, constraints: Sequence[str], failure: str
+) -> None:
+    """``pip install --target site`` wheels for Lambda's Linux and ``python``, in one resolution.
+
+    Wheels only (``--only-binary=:all:``), for the glibc of the Lambda image that runs ``python``;
+    ``requirements`` items starting with ``-`` are pip options (``-c file``, ``--extra-index-url u``).
+    On failure, a ``DeployError``: ``failure`` and pip's last lines.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    fd, constraints_file = tempfile.mkstemp(prefix="dask-wren-constraints-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{c}\n" for c in constraints))
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
+        for tag in lambda_platforms(python, arch):
+            cmd += ["--platform", tag]
+        cmd += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
+        cmd += ["--target", str(site), "-c", constraints_file]
+        for item in requirements:
+            cmd += shlex.split(item) if item.startswith("-") else [item]
+        proc = _run_pip(cmd)
+    finally:
+        os.unlink(constraints_file)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+        raise DeployError(f"{failure}:\n{tail}")
+
+
+def _install_runtime(site: Path, python: str, arch: str, out: Callable[[str], None]) -> None:
+    """The runtime layer's tree: the runtime requirements (pinned to the host's), and ``lambda_worker``."""
+    import lambda_worker
+
+    out(f"building layer: pip install for python{python} {arch} ({', '.join(layer_constraints())})")
+    _pip_install(
+        site,
+        runtime_requirements(),
+        python=python,
+        arch=arch,
+        constraints=layer_constraints(),
+        failure=f"pip could not build the runtime layer for python{python} {arch}",
+    )
+    shutil.copytree(
+        Path(lambda_worker.__file__).parent,
+        site / "lambda_worker",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
 
 
 def build_layer(
@@ -521,35 +782,189 @@ def build_layer(
     Wheels only (``--only-binary=:all:``), for ``python`` (default: this interpreter's minor) and
     the glibc of the Lambda image that runs it; then the project's ``lambda_worker`` is added.
     """
-    import lambda_worker
-
-    python = python or host_python()
-    lambda_runtime(python)
-    if arch not in ARCHITECTURES:
-        raise DeployError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
+    python = _check_target(python, arch)
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="dask-wren-layer-") as tmp:
         site = Path(tmp) / "layer" / "python"
-        constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text("".join(f"{c}\n" for c in layer_constraints()))
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
-        for tag in lambda_platforms(python, arch):
-            cmd += ["--platform", tag]
-        cmd += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-        cmd += ["--target", str(site), "-c", str(constraints), *runtime_requirements()]
-        out(f"building layer: pip install for python{python} {arch} ({', '.join(layer_constraints())})")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise DeployError(f"pip could not build the runtime layer for python{python} {arch}:\n{tail}")
-        shutil.copytree(
-            Path(lambda_worker.__file__).parent,
-            site / "lambda_worker",
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
+        _install_runtime(site, python, arch, out)
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_deterministic_zip(site.parent, dest, _layer_filter)
     return dest
+
+
+# -- the user's packages -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One installed distribution of a ``--target`` tree: the files (relative to the layer root) it owns."""
+
+    name: str  # normalized
+    version: str
+    files: tuple[Path, ...]
+    size: int
+
+
+def site_distributions(site: Path) -> dict[str, Distribution]:
+    """The distributions pip installed into ``site`` (a ``--target`` directory named ``python``).
+
+    Each owns the files its ``RECORD`` lists and its dist-info; a file no RECORD lists goes with
+    the distribution owning others under the same top-level entry (or makes one of its own, named
+    after that entry).  Files a layer leaves out (``_layer_filter``) are not counted.
+    """
+    root = site.parent
+    owned: dict[Path, str] = {}
+    versions: dict[str, str] = {}
+    for info in sorted(site.glob("*.dist-info")):
+        m = re.fullmatch(r"(.+?)-([^-]+)\.dist-info", info.name)
+        if not m or not info.is_dir():
+            continue
+        name = _normalize(m.group(1))
+        versions[name] = m.group(2)
+        record = info / "RECORD"
+        rows = csv.reader(record.read_text().splitlines()) if record.is_file() else []
+        for row in rows:
+            if not row or not row[0]:
+                continue
+            path = Path(os.path.normpath(site / row[0]))
+            if path.is_file() and path.is_relative_to(site):
+                owned.setdefault(path.relative_to(root), name)
+        for path in info.rglob("*"):
+            if path.is_file():
+                owned.setdefault(path.relative_to(root), name)
+    top_owner: dict[str, str] = {}
+    for rel, name in sorted(owned.items()):
+        top_owner.setdefault(rel.parts[1], name)
+    for path in sorted(site.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and rel not in owned:
+            name = top_owner.get(rel.parts[1]) or _package_of(rel.as_posix()) or rel.parts[1]
+            versions.setdefault(name, "")
+            owned[rel] = name
+    files: dict[str, list[Path]] = {name: [] for name in versions}
+    for rel, name in owned.items():
+        if _layer_filter(rel):
+            files[name].append(rel)
+    return {
+        name: Distribution(name, versions[name], tuple(sorted(fs)), sum((root / f).stat().st_size for f in fs))
+        for name, fs in sorted(files.items())
+    }
+
+
+def split_layers(
+    dists: Sequence[Distribution], max_layers: int = MAX_LAYERS - 1, target: int = PACKAGE_LAYER_TARGET
+) -> list[list[Distribution]]:
+    """Group distributions into at most ``max_layers`` layers, a distribution never split.
+
+    Groups are runs in name order of at most ``target`` unzipped bytes (a larger distribution makes
+    a layer of its own), so most zips are small enough to upload directly and a change to one
+    package republishes only its layer.  When that makes too many layers the groups grow.
+    """
+    ordered = sorted(dists, key=lambda d: d.name)
+    if not ordered:
+        return []
+    capacity = max(target, -(-sum(d.size for d in ordered) // max_layers))
+    while True:
+        groups: list[list[Distribution]] = [[]]
+        size = 0
+        for d in ordered:
+            if groups[-1] and size + d.size > capacity:
+                groups.append([])
+                size = 0
+            groups[-1].append(d)
+            size += d.size
+        if len(groups) <= max_layers:
+            return groups
+        capacity = capacity * 5 // 4 + 1
+
+
+def package_layers_for(
+    requirements: Sequence[str],
+    base: LayerZip | Mapping[str, Distribution],
+    workdir: Path,
+    *,
+    python: str,
+    arch: str,
+    out: Callable[[str], None] = print,
+) -> list[Path]:
+    """Zips of the user's packages for a function whose runtime layer is ``base``.
+
+    One pip resolution of the runtime's requirements together with ``requirements``, under the
+    runtime's constraints plus every distribution of ``base`` pinned to its version there: a user
+    package cannot bring a second numpy or another cloudpickle.  The distributions ``base`` lacks
+    go into at most four layers (``split_layers``); the size of everything together is checked
+    against Lambda's limit before a zip is written.
+    """
+    if not requirements:
+        return []
+    if isinstance(base, LayerZip):
+        pinned, base_sizes, base_size = dict(base.versions), dict(base.packages), base.unzipped_size
+    else:
+        pinned = {d.name: d.version for d in base.values() if d.version}
+        base_sizes = {d.name: d.size for d in base.values()}
+        base_size = sum(base_sizes.values())
+    workdir = Path(workdir)
+    site = workdir / "packages-site" / "python"
+    shutil.rmtree(site.parent, ignore_errors=True)
+    for old in workdir.glob("packages-*.zip"):
+        old.unlink()
+    user = [r for r in requirements if not r.startswith("-")]
+    out(f"building package layers: pip install {' '.join(user)} for python{python} {arch}, with the runtime's "
+        f"{len(pinned)} distributions pinned")
+    _pip_install(
+        site,
+        [*runtime_requirements(), *requirements],
+        python=python,
+        arch=arch,
+        constraints=[*layer_constraints(), *(f"{name}=={v}" for name, v in sorted(pinned.items()))],
+        failure=(
+            f"pip could not install {', '.join(user) or 'the requested packages'} for Lambda's python{python} {arch} "
+            "together with the runtime's packages (wheels for Lambda's platform only; the runtime's versions pinned). "
+            "A package without such a wheel needs a container image (runtime/Dockerfile). pip said"
+        ),
+    )
+    installed = site_distributions(site)
+    mine = [d for name, d in installed.items() if name not in pinned]
+    if not mine:
+        out("package layers: none needed, the runtime layer has every requested package")
+        return []
+    total = len(_FUNCTION_README) + base_size + sum(d.size for d in mine)
+    if total > LAYER_UNZIPPED_LIMIT:
+        raise DeployError(size_limit_message(total, {**base_sizes, **{d.name: d.size for d in mine}}))
+    paths = []
+    for number, group in enumerate(split_layers(mine), 1):
+        dest = workdir / f"packages-{number}.zip"
+        _zip_files(site.parent, [f for d in group for f in d.files], dest)
+        names = ", ".join(f"{d.name} {d.version}".strip() for d in group)
+        out(f"package layer {number}: {names} ({format_size(sum(d.size for d in group))} unzipped)")
+        paths.append(dest)
+    return paths
+
+
+def build_package_layers(
+    requirements: Sequence[str],
+    workdir: Path,
+    *,
+    python: str | None = None,
+    arch: str = "x86_64",
+    out: Callable[[str], None] = print,
+) -> list[Path]:
+    """Zips (each with a top-level ``python/``) of layers holding only the user's ``requirements``.
+
+    They hold the requested packages and the dependencies the runtime layer (``build_layer``) does
+    not have, resolved with pip for Lambda's platform and ``python`` minor (default: this
+    interpreter's) together with the runtime's requirements, the runtime's versions as constraints.
+    Unzipped next to the runtime layer (``/opt/python``, in order), they complete it.  Written
+    into ``workdir`` (``packages-1.zip``, ...); an empty list when nothing is missing.
+    """
+    python = _check_target(python, arch)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    site = workdir / "runtime-site" / "python"
+    shutil.rmtree(site.parent, ignore_errors=True)
+    _install_runtime(site, python, arch, out)
+    base = site_distributions(site)
+    return package_layers_for(requirements, base, workdir, python=python, arch=arch, out=out)
 
 
 def _function_zip() -> bytes:
@@ -573,7 +988,7 @@ class Change:
     """One resource's planned action.  ``apply`` carries it out; ``None`` when there is nothing to do."""
 
     resource: str
-    action: str  # create | update | publish | delete | unchanged | absent | kept
+    action: str  # create | update | publish | delete | unchanged | absent | kept | read | unknown
     detail: str = ""
     apply: Callable[[], str | None] | None = None
 
@@ -592,10 +1007,19 @@ class DeployState:
 
     layer: LayerZip
     versions: dict[str, str]
+    package_layers: list[LayerZip] = field(default_factory=list)
     role_arn: str = ""
     role_exists: bool = False
     bucket_exists: bool = False
     layer_arn: str = ""
+    package_layer_arns: list[str] = field(default_factory=list)
+    function_exists: bool = False
+    max_concurrency: int | None = None  # what the function really has, when known
+
+    @property
+    def layer_arns(self) -> list[str]:
+        """The function's ``Layers``, in order: the runtime layer, then the package layers."""
+        return [self.layer_arn, *self.package_layer_arns]
 
 
 def _code(e: Any) -> str:
@@ -760,11 +1184,33 @@ def plan_lifecycle(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Ch
 
 
 def plan_layer(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change:
-    lam, layer, resource = aws.lambda_, state.layer, f"layer {cfg.layer_name}"
+    """The runtime layer (the handler and its packages): published when its sha256 is new."""
+
+    def record(arn: str) -> None:
+        state.layer_arn = arn
+
+    return _plan_layer_version(cfg, aws, cfg.layer_name, state.layer, record)
+
+
+def plan_package_layer(cfg: DeployConfig, aws: AwsClients, state: DeployState, *, number: int) -> Change:
+    """The ``number``-th layer of the user's packages (1-based), idempotent like the runtime layer."""
+    while len(state.package_layer_arns) < len(state.package_layers):
+        state.package_layer_arns.append("")
+
+    def record(arn: str) -> None:
+        state.package_layer_arns[number - 1] = arn
+
+    return _plan_layer_version(cfg, aws, cfg.package_layer_name(number), state.package_layers[number - 1], record)
+
+
+def _plan_layer_version(
+    cfg: DeployConfig, aws: AwsClients, layer_name: str, layer: LayerZip, record: Callable[[str], None]
+) -> Change:
+    lam, resource = aws.lambda_, f"layer {layer_name}"
     description = layer.description(cfg.python, cfg.arch)
     versions: list[dict[str, Any]] = []
     try:
-        for page in lam.get_paginator("list_layer_versions").paginate(LayerName=cfg.layer_name):
+        for page in lam.get_paginator("list_layer_versions").paginate(LayerName=layer_name):
             versions += page.get("LayerVersions", [])
     except _client_error() as e:
         if _code(e) != "ResourceNotFoundException":
@@ -772,14 +1218,14 @@ def plan_layer(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change
     latest = max(versions, key=lambda v: v["Version"], default=None)
     sizes = f"{format_size(layer.size)} zipped, {format_size(layer.unzipped_size)} unzipped"
     if latest is not None and latest.get("Description") == description:
-        state.layer_arn = latest["LayerVersionArn"]
+        record(latest["LayerVersionArn"])
         return Change(resource, "unchanged", f"version {latest['Version']}, sha256 {layer.sha256[:12]}, {sizes}")
     number = (latest["Version"] if latest else 0) + 1
-    state.layer_arn = f"{cfg.layer_arn}:{number}"
+    record(f"{cfg.layer_arn_of(layer_name)}:{number}")
 
     def publish() -> str:
         kwargs: dict[str, Any] = {
-            "LayerName": cfg.layer_name,
+            "LayerName": layer_name,
             "Description": description,
             "CompatibleRuntimes": [cfg.runtime],
             "CompatibleArchitectures": [cfg.arch],
@@ -788,20 +1234,22 @@ def plan_layer(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change
         if layer.size <= DIRECT_UPLOAD_LIMIT:
             published = lam.publish_layer_version(Content={"ZipFile": layer.path.read_bytes()}, **kwargs)
         else:
-            key = f"{cfg.prefix}/_deploy/{cfg.layer_name}-{layer.sha256}.zip"
+            key = f"{cfg.prefix}/_deploy/{layer_name}-{layer.sha256}.zip"
             aws.s3.upload_file(str(layer.path), cfg.bucket, key)
             try:
                 published = lam.publish_layer_version(Content={"S3Bucket": cfg.bucket, "S3Key": key}, **kwargs)
             finally:
                 aws.s3.delete_object(Bucket=cfg.bucket, Key=key)
             via = f"through s3://{cfg.bucket}/{key}"
-        state.layer_arn = published["LayerVersionArn"]
+        record(published["LayerVersionArn"])
         return f"version {published['Version']}, sha256 {layer.sha256[:12]}, {sizes}, {via}"
 
     return Change(resource, "publish", f"version {number}, sha256 {layer.sha256[:12]}, {sizes}", publish)
 
 
-def function_settings(cfg: DeployConfig, role_arn: str, layer_arn: str, versions: dict[str, str]) -> dict[str, Any]:
+def function_settings(
+    cfg: DeployConfig, role_arn: str, layer_arns: str | Sequence[str], versions: dict[str, str]
+) -> dict[str, Any]:
     """The function configuration ``deploy`` wants (update_function_configuration's arguments)."""
     return {
         "Runtime": cfg.runtime,
@@ -809,8 +1257,8 @@ def function_settings(cfg: DeployConfig, role_arn: str, layer_arn: str, versions
         "Role": role_arn,
         "MemorySize": cfg.memory,
         "Timeout": cfg.timeout,
-        "Layers": [layer_arn],
-        "Environment": {"Variables": function_environment(versions)},
+        "Layers": [layer_arns] if isinstance(layer_arns, str) else list(layer_arns),
+        "Environment": {"Variables": function_environment(versions, bucket=cfg.bucket, prefix=cfg.prefix)},
         "Description": _FUNCTION_DESCRIPTION,
     }
 
@@ -866,8 +1314,11 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
         if _code(e) != "ResourceNotFoundException":
             raise
         current = None
-    wanted = function_settings(cfg, state.role_arn, state.layer_arn, versions)
+    wanted = function_settings(cfg, state.role_arn, state.layer_arns, versions)
     summary = f"{cfg.runtime}, {cfg.arch}, {cfg.memory} MB, {cfg.timeout} s"
+    if len(wanted["Layers"]) > 1:
+        summary += f", {len(wanted['Layers'])} layers"
+    state.function_exists = current is not None
     if current is None:
 
         def create() -> None:
@@ -884,6 +1335,7 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
                 cfg.role_name,
             )
             _wait(lam, "function_active_v2", name)
+            state.function_exists = True
 
         return Change(resource, "create", summary, create)
 
@@ -929,6 +1381,84 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
     return Change(resource, "update", ", ".join(code_diff + config_diff), update)
 
 
+def plan_event_invoke_config(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change:
+    """The function's async invoke configuration: no Lambda retries, events no older than the host waits.
+
+    After the function step: while planning the creation of a function, there is nothing to read
+    yet, so it is planned as ``create``.
+    """
+    lam, name, resource = aws.lambda_, cfg.function_name, f"async invoke config {cfg.function_name}"
+    wanted = event_invoke_config(cfg.event_age)
+    detail = f"MaximumRetryAttempts {wanted['MaximumRetryAttempts']}, MaximumEventAgeInSeconds {wanted['MaximumEventAgeInSeconds']}"
+    current = None
+    if state.function_exists:
+        try:
+            current = lam.get_function_event_invoke_config(FunctionName=name)
+        except _client_error() as e:
+            if _code(e) != "ResourceNotFoundException":
+                raise
+    if current is None:
+
+        def put() -> None:
+            lam.put_function_event_invoke_config(FunctionName=name, **wanted)
+
+        return Change(resource, "create", detail, put)
+    changed = [f"{k} {current.get(k)} -> {v}" for k, v in wanted.items() if current.get(k) != v]
+    if not changed:
+        return Change(resource, "unchanged", detail)
+
+    def update() -> None:
+        # update_ keeps what it is not given (a failure destination someone set up); put_ would drop it.
+        lam.update_function_event_invoke_config(FunctionName=name, **wanted)
+
+    return Change(resource, "update", ", ".join(changed), update)
+
+
+def plan_concurrency(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change:
+    """Read the concurrency the function really has, for ``wren.aws.max-concurrency`` (changes nothing).
+
+    Its reserved concurrency if it has one, else the account's unreserved concurrency (the pool
+    every function without a reservation shares).  When neither can be read, nothing is written.
+    """
+    lam, name, resource = aws.lambda_, cfg.function_name, f"concurrency {cfg.function_name}"
+    reserved = None
+    if state.function_exists:
+        try:
+            reserved = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+        except _client_error() as e:
+            if _code(e) != "ResourceNotFoundException":
+                raise
+    if reserved is not None:
+        reserved = int(reserved)
+        if reserved < 1:
+            state.max_concurrency = None
+            return Change(
+                resource,
+                "read",
+                f"reserved concurrency {reserved}: the function is throttled entirely and cannot run; "
+                "wren.aws.max-concurrency not written",
+            )
+        state.max_concurrency = reserved
+        return Change(resource, "read", f"{reserved} reserved for the function: wren.aws.max-concurrency {reserved}")
+    try:
+        limit = lam.get_account_settings()["AccountLimit"]["UnreservedConcurrentExecutions"]
+    except (_client_error(), KeyError) as e:
+        state.max_concurrency = None
+        why = f"{_code(e)}: {e.response.get('Error', {}).get('Message', '')}" if hasattr(e, "response") else repr(e)
+        return Change(
+            resource,
+            "unknown",
+            f"no reserved concurrency, and GetAccountSettings is not available here ({why}); "
+            "wren.aws.max-concurrency not written",
+        )
+    state.max_concurrency = int(limit)
+    return Change(
+        resource,
+        "read",
+        f"no reservation; the account's unreserved concurrency is {limit}: wren.aws.max-concurrency {limit}",
+    )
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():
@@ -954,7 +1484,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def plan_settings_file(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change:
     path = cfg.config_file
     current = read_yaml(path)
-    merged = _merge(current, cfg.settings_document())
+    merged = _merge(current, cfg.settings_document(state.max_concurrency))
     if merged == current:
         return Change(f"settings {path}", "unchanged")
 
@@ -987,7 +1517,10 @@ def flatten_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-DEPLOY_STEPS: tuple[Callable[[DeployConfig, AwsClients, DeployState], Change], ...] = (
+Step = Callable[[DeployConfig, AwsClients, DeployState], Change]
+
+#: In order; ``plan_layer`` stands for the runtime layer and then each package layer (``deploy_steps``).
+DEPLOY_STEPS: tuple[Step, ...] = (
     plan_role,
     plan_role_policy,
     plan_bucket,
@@ -995,8 +1528,20 @@ DEPLOY_STEPS: tuple[Callable[[DeployConfig, AwsClients, DeployState], Change], .
     plan_lifecycle,
     plan_layer,
     plan_function,
+    plan_event_invoke_config,
+    plan_concurrency,
     plan_settings_file,
 )
+
+
+def deploy_steps(state: DeployState) -> list[Step]:
+    """``DEPLOY_STEPS`` with one step per package layer after the runtime layer's."""
+    steps: list[Step] = []
+    for step in DEPLOY_STEPS:
+        steps.append(step)
+        if step is plan_layer:
+            steps += [functools.partial(plan_package_layer, number=n) for n in range(1, len(state.package_layers) + 1)]
+    return steps
 
 
 def run_steps(
@@ -1025,6 +1570,22 @@ def _prepare_layer(opts: DeployOptions, python: str, workdir: Path, out: Callabl
     for note in layer_differences(layer):
         out(f"note: {note}")
     return layer
+
+
+def _prepare_layers(
+    opts: DeployOptions, python: str, workdir: Path, out: Callable[[str], None]
+) -> tuple[LayerZip, list[LayerZip]]:
+    """The runtime layer and the user's package layers, built and checked (size included), no AWS call."""
+    layer = _prepare_layer(opts, python, workdir, out)
+    packages: list[LayerZip] = []
+    requirements = user_requirements(opts)
+    if requirements:
+        start = time.monotonic()
+        paths = package_layers_for(requirements, layer, workdir / "packages", python=python, arch=opts.arch, out=out)
+        packages = [inspect_layer_zip(p, python, opts.arch, runtime=False) for p in paths]
+        out(f"building package layers: done in {time.monotonic() - start:.0f} s")
+    check_unzipped_size([layer, *packages])
+    return layer, packages
 
 
 def layer_differences(layer: LayerZip) -> list[str]:
@@ -1062,10 +1623,10 @@ def deploy(opts: DeployOptions, out: Callable[[str], None] = print) -> list[Chan
     )
     with tempfile.TemporaryDirectory(prefix="dask-wren-deploy-") as tmp:
         # Built and checked (size limit, platform) before anything in AWS is touched.
-        layer = _prepare_layer(opts, python, Path(tmp), out)
-        state = DeployState(layer=layer, versions=layer_versions(cfg, layer))
+        layer, packages = _prepare_layers(opts, python, Path(tmp), out)
+        state = DeployState(layer=layer, versions=layer_versions(cfg, layer), package_layers=packages)
         changes = run_steps(
-            [_bind(step, cfg, aws, state) for step in DEPLOY_STEPS], dry_run=opts.dry_run, out=out
+            [_bind(step, cfg, aws, state) for step in deploy_steps(state)], dry_run=opts.dry_run, out=out
         )
     if opts.dry_run:
         out("dry run: nothing was changed")
@@ -1074,7 +1635,7 @@ def deploy(opts: DeployOptions, out: Callable[[str], None] = print) -> list[Chan
     return changes
 
 
-def _bind(step: Callable[[DeployConfig, AwsClients, DeployState], Change], *args: Any) -> Callable[[], Change]:
+def _bind(step: Callable[..., Change], *args: Any) -> Callable[[], Change]:
     return lambda: step(*args)
 
 
@@ -1110,6 +1671,21 @@ class DestroyTarget:
         return f"{self.function_name}-runtime"
 
 
+def plan_delete_event_invoke_config(t: DestroyTarget, aws: AwsClients) -> Change:
+    lam, resource = aws.lambda_, f"async invoke config {t.function_name}"
+    try:
+        lam.get_function_event_invoke_config(FunctionName=t.function_name)
+    except _client_error() as e:
+        if _code(e) != "ResourceNotFoundException":  # no function, or no configuration
+            raise
+        return Change(resource, "absent")
+
+    def delete() -> None:
+        lam.delete_function_event_invoke_config(FunctionName=t.function_name)
+
+    return Change(resource, "delete", apply=delete)
+
+
 def plan_delete_function(t: DestroyTarget, aws: AwsClients) -> Change:
     lam, resource = aws.lambda_, f"function {t.function_name}"
     try:
@@ -1125,11 +1701,13 @@ def plan_delete_function(t: DestroyTarget, aws: AwsClients) -> Change:
     return Change(resource, "delete", apply=delete)
 
 
-def plan_delete_layers(t: DestroyTarget, aws: AwsClients) -> Change:
-    lam, resource = aws.lambda_, f"layer {t.layer_name}"
+def plan_delete_layers(t: DestroyTarget, aws: AwsClients, layer_name: str | None = None) -> Change:
+    """Every version of the runtime layer (or of ``layer_name``, a package layer)."""
+    layer_name = layer_name or t.layer_name
+    lam, resource = aws.lambda_, f"layer {layer_name}"
     numbers: list[int] = []
     try:
-        for page in lam.get_paginator("list_layer_versions").paginate(LayerName=t.layer_name):
+        for page in lam.get_paginator("list_layer_versions").paginate(LayerName=layer_name):
             numbers += [v["Version"] for v in page.get("LayerVersions", [])]
     except _client_error() as e:
         if _code(e) != "ResourceNotFoundException":
@@ -1139,9 +1717,21 @@ def plan_delete_layers(t: DestroyTarget, aws: AwsClients) -> Change:
 
     def delete() -> None:
         for n in numbers:
-            lam.delete_layer_version(LayerName=t.layer_name, VersionNumber=n)
+            lam.delete_layer_version(LayerName=layer_name, VersionNumber=n)
 
     return Change(resource, "delete", f"{len(numbers)} version{'s' if len(numbers) != 1 else ''}", delete)
+
+
+def package_layer_names(t: DestroyTarget, aws: AwsClients) -> list[str]:
+    """The function's package layers that exist (``{function}-packages-N``), in order."""
+    pattern = re.compile(re.escape(t.function_name) + r"-packages-(\d+)")
+    found: dict[int, str] = {}
+    for page in aws.lambda_.get_paginator("list_layers").paginate():
+        for layer in page.get("Layers", []):
+            m = pattern.fullmatch(layer.get("LayerName", ""))
+            if m:
+                found[int(m.group(1))] = layer["LayerName"]
+    return [found[n] for n in sorted(found)]
 
 
 def plan_delete_role(t: DestroyTarget, aws: AwsClients) -> Change:
@@ -1198,7 +1788,8 @@ def _bucket_contents(s3: Any, bucket: str) -> Iterator[list[dict[str, str]]]:
 
 
 def destroy(opts: DestroyOptions, out: Callable[[str], None] = print) -> list[Change]:
-    """Delete the function, its layer versions and role; the bucket only with ``delete_bucket``."""
+    """Delete the function (its async invoke config first), its layers' versions and role; the bucket
+    only with ``delete_bucket``."""
     import dask.config
 
     import dask_wren.config  # noqa: F401  (loads the wren.* defaults)
@@ -1219,8 +1810,15 @@ def destroy(opts: DestroyOptions, out: Callable[[str], None] = print) -> list[Ch
     )
     out(f"{'plan (dry run, nothing will change)' if opts.dry_run else 'destroying'}: function {target.function_name} "
         f"in account {account}, region {region}")
-    steps = (plan_delete_function, plan_delete_layers, plan_delete_role, plan_delete_bucket)
-    changes = run_steps([_bind(s, target, aws) for s in steps], dry_run=opts.dry_run, out=out)
+    steps: list[Callable[[], Change]] = [
+        _bind(plan_delete_event_invoke_config, target, aws),
+        _bind(plan_delete_function, target, aws),
+        _bind(plan_delete_layers, target, aws),
+        *(_bind(plan_delete_layers, target, aws, name) for name in package_layer_names(target, aws)),
+        _bind(plan_delete_role, target, aws),
+        _bind(plan_delete_bucket, target, aws),
+    ]
+    changes = run_steps(steps, dry_run=opts.dry_run, out=out)
     settings = read_yaml(target.config_file).get("wren") or {}
     if settings.get("backend") == "aws" and (settings.get("aws") or {}).get("function-name") == target.function_name:
         out(f"note: {target.config_file} still selects backend 'aws' for {target.function_name}; "
@@ -1292,6 +1890,8 @@ __all__ = [
     "DestroyOptions",
     "LayerZip",
     "build_layer",
+    "build_package_layers",
+    "event_invoke_config",
     "deploy",
     "destroy",
     "function_environment",

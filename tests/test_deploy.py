@@ -107,7 +107,7 @@ def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-def test_worker_policy_grants_only_its_objects_and_its_log_group():
+def test_worker_policy_grants_only_reading_and_writing_its_objects_and_its_log_group():
     doc = dep.worker_policy("bkt", "pre", REGION, ACCOUNT, FN)
     grants = {}
     for s in doc["Statement"]:
@@ -116,18 +116,16 @@ def test_worker_policy_grants_only_its_objects_and_its_log_group():
             assert "*" not in action
             grants.setdefault(action, set()).update(_as_list(s["Resource"]))
     group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{FN}"
+    # The worker reads payloads and writes result records; the host lists and deletes.
     assert grants == {
         "s3:GetObject": {"arn:aws:s3:::bkt/pre/*"},
         "s3:PutObject": {"arn:aws:s3:::bkt/pre/*"},
-        "s3:DeleteObject": {"arn:aws:s3:::bkt/pre/*"},
-        "s3:ListBucket": {"arn:aws:s3:::bkt"},
         "logs:CreateLogGroup": {group},
         "logs:CreateLogStream": {f"{group}:*"},
         "logs:PutLogEvents": {f"{group}:*"},
     }
-    (listing,) = [s for s in doc["Statement"] if s["Action"] == "s3:ListBucket"]
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["pre/*"]}}
-    assert all("NotAction" not in s and "NotResource" not in s for s in doc["Statement"])
+    assert not any(a.startswith(("s3:Delete", "s3:List")) for a in grants)
+    assert all("NotAction" not in s and "NotResource" not in s and "Condition" not in s for s in doc["Statement"])
 
 
 def test_lifecycle_rule_expires_only_the_prefix():
@@ -149,8 +147,13 @@ def test_function_environment_is_what_the_aws_backend_checks():
 
 def test_runtimes_and_wheel_platforms():
     assert dep.lambda_runtime("3.11") == "python3.11"
-    with pytest.raises(dep.DeployError, match="no managed runtime for Python 3.8"):
-        dep.lambda_runtime("3.8")
+    for minor in ("3.10", "3.11", "3.12", "3.13", "3.14"):  # every managed Python runtime Lambda offers
+        assert dep.lambda_runtime(minor) == f"python{minor}"
+    assert [dep.LAMBDA_PYTHONS[m] for m in ("3.10", "3.11", "3.12", "3.13", "3.14")] == [26, 26, 34, 34, 34]
+    for unsupported in ("3.8", "3.9"):  # the project requires Python 3.10
+        with pytest.raises(dep.DeployError, match=f"no managed runtime for Python {unsupported}"):
+            dep.lambda_runtime(unsupported)
+    assert dep.lambda_platforms("3.14", "x86_64")[0] == "manylinux_2_34_x86_64"
     al2 = dep.lambda_platforms("3.11", "x86_64")  # Amazon Linux 2: glibc 2.26
     assert al2[0] == "manylinux_2_26_x86_64" and "manylinux2014_x86_64" in al2 and "manylinux_2_28_x86_64" not in al2
     assert dep.lambda_platforms("3.12", "arm64")[0] == "manylinux_2_34_aarch64"  # Amazon Linux 2023
@@ -230,6 +233,8 @@ def test_deploy_creates_role_bucket_layer_function_and_settings(aws, args, confi
         "DASK_WREN_CLOUDPICKLE": HOST["cloudpickle"],
         "DASK_WREN_DASK": HOST["dask"],
         "DASK_WREN_PROTOCOL": HOST["protocol"],
+        "DASK_WREN_BUCKET": BUCKET,
+        "DASK_WREN_PREFIX": "dask-wren",
     }
 
     # The settings file is where dask.config finds it, and the executor's Settings read it.
@@ -258,7 +263,11 @@ def test_second_deploy_changes_nothing(aws, args, config_file, capsys, monkeypat
     assert code == 0
     assert calls == []  # nothing to apply
     status = [line for line in out.splitlines() if ": " in line and not line.startswith(("deploying", "done"))]
-    assert len(status) == 8 and all(": unchanged" in line for line in status), out
+    resources = [line for line in status if not line.startswith("concurrency ")]  # a reading, not a resource
+    assert len(resources) == 9 and all(": unchanged" in line for line in resources), out
+    assert lines_of(out)[f"async invoke config {FN}"].endswith(
+        "unchanged (MaximumRetryAttempts 0, MaximumEventAgeInSeconds 600)"
+    )
     after = aws["lambda"].get_function_configuration(FunctionName=FN)
     assert (after["CodeSha256"], after["LastModified"]) == (before["CodeSha256"], before["LastModified"])
     assert len(aws["lambda"].list_layer_versions(LayerName=f"{FN}-runtime")["LayerVersions"]) == 1
