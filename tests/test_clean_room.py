@@ -65,8 +65,9 @@ def _sandbox_report(_):
     import os
     import sys
 
-    import lambda_worker
     import numpy
+
+    import lambda_worker
 
     def writable(directory):
         try:
