@@ -396,7 +396,7 @@ def read_requirements(path: Path, _seen: tuple[Path, ...] = ()) -> list[str]:
         text = path.read_text()
     except OSError as e:
         raise DeployError(f"--requirements {path}: cannot read it ({e.strerror or e})") from None
-    text = re.sub(r"\\\n", " ", text)  # line continuations
+    text = re.sub(r"\\\n", "", text)  # line continuations, joined as pip joins them
     reqs: list[str] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
@@ -852,7 +852,7 @@ def site_distributions(site: Path) -> dict[str, Distribution]:
 
 
 def split_layers(
-    dists: Sequence[Distribution], max_layers: int = MAX_LAYERS - 1, target: int = PACKAGE_LAYER_TARGET
+    dists: Sequence[Distribution], max_layers: int = MAX_LAYERS - 1, target: int | None = None
 ) -> list[list[Distribution]]:
     """Group distributions into at most ``max_layers`` layers, a distribution never split.
 
@@ -863,7 +863,7 @@ def split_layers(
     ordered = sorted(dists, key=lambda d: d.name)
     if not ordered:
         return []
-    capacity = max(target, -(-sum(d.size for d in ordered) // max_layers))
+    capacity = max(PACKAGE_LAYER_TARGET if target is None else target, -(-sum(d.size for d in ordered) // max_layers))
     while True:
         groups: list[list[Distribution]] = [[]]
         size = 0

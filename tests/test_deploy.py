@@ -193,8 +193,16 @@ def test_dry_run_prints_the_plan_and_creates_nothing(aws, args, config_file, cap
     code, out, _ = run(capsys, [*args, "--dry-run"])
     assert code == 0
     lines = lines_of(out)
-    for resource in (f"role {FN}-role", f"bucket {BUCKET}", f"layer {FN}-runtime", f"function {FN}", f"settings {config_file}"):
+    for resource in (
+        f"role {FN}-role", f"bucket {BUCKET}", f"layer {FN}-runtime", f"function {FN}", f"async invoke config {FN}",
+        f"settings {config_file}",
+    ):
         assert "would create" in lines[resource] or "would publish" in lines[resource], out
+    assert lines[f"async invoke config {FN}"].endswith(
+        "would create (MaximumRetryAttempts 0, MaximumEventAgeInSeconds 600)"
+    )
+    order = [line.split(": ")[0] for line in out.splitlines()]
+    assert order.index(f"function {FN}") < order.index(f"async invoke config {FN}") < order.index(f"settings {config_file}")
     assert "nothing was changed" in out
     assert aws["iam"].list_roles()["Roles"] == []
     assert aws["s3"].list_buckets()["Buckets"] == []
@@ -274,6 +282,115 @@ def test_second_deploy_changes_nothing(aws, args, config_file, capsys, monkeypat
     assert config_file.stat().st_mtime_ns == mtime
 
 
+def test_event_invoke_config_leaves_retries_to_the_host(aws, args, capsys):
+    code, out, err = run(capsys, args)
+    assert code == 0, err
+    assert lines_of(out)[f"async invoke config {FN}"] == (
+        f"async invoke config {FN}: created (MaximumRetryAttempts 0, MaximumEventAgeInSeconds 600)"
+    )
+    conf = aws["lambda"].get_function_event_invoke_config(FunctionName=FN)
+    assert (conf["MaximumRetryAttempts"], conf["MaximumEventAgeInSeconds"]) == (0, 600)
+
+
+def test_event_age_is_the_throttle_timeout_within_lambdas_range():
+    assert dep.event_invoke_config(600) == {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 600}
+    assert dep.event_invoke_config(5)["MaximumEventAgeInSeconds"] == 60
+    assert dep.event_invoke_config(10**6)["MaximumEventAgeInSeconds"] == 21600
+    assert dep.event_invoke_config(1234.7)["MaximumEventAgeInSeconds"] == 1234
+
+
+def test_event_age_follows_wren_aws_throttle_timeout(aws, args, capsys):
+    with dask.config.set({"wren.aws.throttle-timeout": 1800}):
+        assert run(capsys, args)[0] == 0
+    assert aws["lambda"].get_function_event_invoke_config(FunctionName=FN)["MaximumEventAgeInSeconds"] == 1800
+    # A changed timeout is an update; a dry run shows it and changes nothing.
+    with dask.config.set({"wren.aws.throttle-timeout": 900}):
+        code, out, _ = run(capsys, [*args, "--dry-run"])
+    assert code == 0
+    assert lines_of(out)[f"async invoke config {FN}"].endswith(
+        "would update (MaximumEventAgeInSeconds 1800 -> 900)"
+    ), out
+    assert aws["lambda"].get_function_event_invoke_config(FunctionName=FN)["MaximumEventAgeInSeconds"] == 1800
+
+
+def test_function_records_its_bucket_and_prefix(aws, args, capsys):
+    assert run(capsys, [*args, "--bucket", "my-bkt", "--prefix", "/jobs/a/"])[0] == 0
+    env = aws["lambda"].get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
+    assert (env["DASK_WREN_BUCKET"], env["DASK_WREN_PREFIX"]) == ("my-bkt", "jobs/a")
+    # The four version variables stay exactly those the host compares as versions.
+    versions = {k: v for k, v in env.items() if k not in ("DASK_WREN_BUCKET", "DASK_WREN_PREFIX")}
+    assert versions == dep.function_environment(HOST)
+    assert dep.function_environment(HOST, bucket="b", prefix="p") == {
+        **dep.function_environment(HOST), "DASK_WREN_BUCKET": "b", "DASK_WREN_PREFIX": "p",
+    }
+
+
+def test_max_concurrency_is_what_the_function_really_has(aws, args, config_file, capsys):
+    import yaml
+
+    # moto has no GetAccountSettings, and a new function has no reservation: nothing to write.
+    code, out, _ = run(capsys, args)
+    assert code == 0
+    line = lines_of(out)[f"concurrency {FN}"]
+    assert "unknown" in line and "GetAccountSettings is not available" in line and "not written" in line, line
+    assert "max-concurrency" not in yaml.safe_load(config_file.read_text())["wren"]["aws"]
+
+    aws["lambda"].put_function_concurrency(FunctionName=FN, ReservedConcurrentExecutions=50)
+    code, out, _ = run(capsys, [*args, "--dry-run"])
+    assert code == 0
+    assert lines_of(out)[f"concurrency {FN}"] == (
+        f"concurrency {FN}: read (50 reserved for the function: wren.aws.max-concurrency 50)"
+    )
+    assert "would update (wren.aws.max-concurrency)" in lines_of(out)[f"settings {config_file}"]
+    assert "max-concurrency" not in yaml.safe_load(config_file.read_text())["wren"]["aws"]  # dry run
+
+    code, out, _ = run(capsys, args)
+    assert code == 0 and "updated (wren.aws.max-concurrency)" in lines_of(out)[f"settings {config_file}"]
+    assert yaml.safe_load(config_file.read_text())["wren"]["aws"]["max-concurrency"] == 50
+    found = dask.config.collect(paths=[str(config_file.parent)], env={})
+    with dask.config.set(dep.flatten_settings(found)):
+        assert dask.config.get("wren.aws.max-concurrency") == 50
+
+
+class _Lambda:
+    """A Lambda client with no reservation on the function and an account limit, for what moto lacks."""
+
+    def __init__(self, unreserved=None):
+        self.unreserved = unreserved
+
+    def get_function_concurrency(self, FunctionName):
+        return {}
+
+    def get_account_settings(self):
+        if self.unreserved is None:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GetAccountSettings")
+        return {"AccountLimit": {"ConcurrentExecutions": 1000, "UnreservedConcurrentExecutions": self.unreserved}}
+
+
+def _cfg(**kw):
+    base = dict(
+        function_name=FN, bucket=BUCKET, region=REGION, account=ACCOUNT, partition="aws", prefix="dask-wren",
+        memory=2048, timeout=300, arch="x86_64", expire_days=7, config_file=None, endpoint_url=None, python=PY,
+        versions=HOST,
+    )
+    return dep.DeployConfig(**{**base, **kw})
+
+
+def test_max_concurrency_falls_back_to_the_accounts_unreserved_concurrency():
+    state = dep.DeployState(layer=None, versions=HOST, function_exists=True)
+    aws = dep.AwsClients(None, None, None, _Lambda(unreserved=900), REGION)
+    change = dep.plan_concurrency(_cfg(), aws, state)
+    assert (change.action, state.max_concurrency, change.apply) == ("read", 900, None)
+    assert "unreserved concurrency is 900" in change.line(dry_run=False)
+    doc = _cfg().settings_document(state.max_concurrency)
+    assert doc["wren"]["aws"]["max-concurrency"] == 900
+
+    state = dep.DeployState(layer=None, versions=HOST, function_exists=True)
+    change = dep.plan_concurrency(_cfg(), dep.AwsClients(None, None, None, _Lambda(), REGION), state)
+    assert change.action == "unknown" and state.max_concurrency is None and "AccessDeniedException" in change.detail
+    assert "max-concurrency" not in _cfg().settings_document(None)["wren"]["aws"]
+
+
 def test_changed_options_update_only_what_changed(aws, args, capsys, tmp_path):
     assert run(capsys, args)[0] == 0
     new_layer = make_layer_zip(tmp_path / "layer2.zip", extra={"python/extra.py": "x = 1\n"})
@@ -350,10 +467,15 @@ def test_destroy_removes_function_layers_and_role_but_keeps_the_bucket(aws, args
     assert code == 1 and "--yes" in err
     code, out, _ = run(capsys, ["destroy", "--function-name", FN, "--dry-run"])
     assert code == 0 and "would delete" in lines_of(out)[f"function {FN}"]
+    assert "would delete" in lines_of(out)[f"async invoke config {FN}"]
     assert aws["lambda"].list_functions()["Functions"]
+    assert aws["lambda"].get_function_event_invoke_config(FunctionName=FN)["MaximumRetryAttempts"] == 0
 
     code, out, _ = run(capsys, ["destroy", "--function-name", FN, "--yes", "--config-file", str(config_file)])
     assert code == 0
+    order = [line.split(": ")[0] for line in out.splitlines()]
+    assert order.index(f"async invoke config {FN}") < order.index(f"function {FN}")
+    assert lines_of(out)[f"async invoke config {FN}"].endswith("deleted")
     assert aws["lambda"].list_functions()["Functions"] == []
     assert aws["lambda"].list_layer_versions(LayerName=f"{FN}-runtime")["LayerVersions"] == []
     assert aws["iam"].list_roles()["Roles"] == []
@@ -364,6 +486,35 @@ def test_destroy_removes_function_layers_and_role_but_keeps_the_bucket(aws, args
     code, out, _ = run(capsys, ["destroy", "--function-name", FN, "--yes", "--delete-bucket"])
     assert code == 0 and aws["s3"].list_buckets()["Buckets"] == []
     assert lines_of(out)[f"function {FN}"].endswith("absent")
+    assert lines_of(out)[f"async invoke config {FN}"].endswith("absent")
+
+
+def test_layer_with_a_botocore_older_than_the_floor_is_refused(tmp_path):
+    old = make_layer_zip(tmp_path / "old.zip", extra={"python/botocore-1.35.1.dist-info/METADATA": "Name: botocore\n"})
+    with pytest.raises(dep.DeployError) as info:
+        dep.inspect_layer_zip(old, PY, "x86_64")
+    message = str(info.value)
+    assert "botocore 1.35.1" in message and f"older than {dep.BOTOCORE_FLOOR}" in message
+    assert "conditional writes" in message and "IfNoneMatch" in message and "Rebuild" in message
+    ok = make_layer_zip(tmp_path / "ok.zip", extra={"python/botocore-1.35.2.dist-info/METADATA": "Name: botocore\n"})
+    assert dep.inspect_layer_zip(ok, PY, "x86_64").versions["botocore"] == "1.35.2"
+
+
+def test_the_botocore_floor_is_the_same_everywhere():
+    """One constant; pyproject.toml and runtime/requirements.txt (the Dockerfile's list) say the same."""
+    from pathlib import Path
+
+    root = Path(dep.__file__).resolve().parent.parent
+    floor = dep.BOTOCORE_FLOOR
+    pyproject = (root / "pyproject.toml").read_text()
+    assert f'"boto3>={floor}"' in pyproject and f'"botocore>={floor}"' in pyproject
+    requirements = (root / "runtime" / "requirements.txt").read_text().split()
+    assert f"boto3>={floor}" in requirements and f"botocore>={floor}" in requirements
+    reqs = dep.runtime_requirements()
+    assert f"boto3>={floor}" in reqs and f"botocore>={floor}" in reqs
+    import botocore
+
+    assert not dep._older(botocore.__version__, floor)  # this environment can write conditionally
 
 
 # -- errors a user can cause -----------------------------------------------------------------
