@@ -275,6 +275,41 @@ def test_package_sizes_of_a_layer_zip(tmp_path):
     assert layer.packages["six"] == 40 and layer.packages["cffi-backend"] == 10
 
 
+# -- runtime/build_layer.py and runtime/Dockerfile -----------------------------------------------
+
+RUNTIME = Path(dep.__file__).resolve().parent.parent / "runtime"
+
+
+def test_build_layer_script_writes_package_layers_next_to_the_runtime_layer(pip, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_layer_script", RUNTIME / "build_layer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    output = tmp_path / "layer.zip"
+    (tmp_path / "layer-packages-7.zip").write_bytes(b"stale")
+    assert script.main(["-o", str(output), "--packages", "tabulate", "alpha"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.zip")) == ["layer-packages-1.zip", "layer.zip"]
+    assert "python/lambda_worker/handler.py" in names_in(output)
+    assert dists_in(tmp_path / "layer-packages-1.zip") == ["alpha", "tabulate"]
+    assert "layer-packages-1.zip:" in capsys.readouterr().out
+    assert script.main(["-o", str(output), "--packages", "no-such-thing"]) == 1
+    assert "No matching distribution found for no-such-thing" in capsys.readouterr().err
+
+
+def test_dockerfile_installs_what_the_layers_hold():
+    text = (RUNTIME / "Dockerfile").read_text()
+    default = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ARG PYTHON_VERSION="))
+    assert default in dep.LAMBDA_PYTHONS and "FROM public.ecr.aws/lambda/python:${PYTHON_VERSION}" in text
+    assert "-r /tmp/requirements.txt" in text and "COPY runtime/requirements.txt" in text
+    assert "${PACKAGES}" in text and "cloudpickle==${CLOUDPICKLE_VERSION}" in text and "dask==${DASK_VERSION}" in text
+    assert "COPY lambda_worker/ ${LAMBDA_TASK_ROOT}/lambda_worker/" in text
+    assert f'CMD [ "{dep.HANDLER}" ]' in text
+    for name in dep.function_environment(HOST, bucket="b", prefix="p"):
+        assert name in text
+    assert "MaximumRetryAttempts 0" in text
+
+
 # -- the real pip, PyPI --------------------------------------------------------------------------
 
 
