@@ -449,8 +449,6 @@ class CleanRoom:
         packages: Sequence[str] = (),
         *,
         runtimes: int = 2,
-        python: str | None = None,
-        arch: str | None = None,
         cache: Path | None = None,
         bucket: str = "dask-wren-clean-room",
         function_name: str = "dask-wren",
@@ -461,8 +459,8 @@ class CleanRoom:
     ):
         self.packages = tuple(packages)
         self.runtimes = runtimes
-        self.python = python or deploy.host_python()
-        self.arch = arch or host_arch()
+        self.python = deploy.host_python()  # the sandbox runs this interpreter, on this machine
+        self.arch = host_arch()
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.bucket = bucket
         self.function_name = function_name
@@ -484,7 +482,6 @@ class CleanRoom:
         self._saved_env: dict[str, str] | None = None
         self._snapshot: dict[str, dict[str, tuple[int, int, int]]] = {}
         self._logs: list[Path] = []
-        self._started = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -496,9 +493,6 @@ class CleanRoom:
 
     def start(self) -> CleanRoom:
         try:
-            self._started = time.monotonic()
-            if self.python != deploy.host_python():
-                raise CleanRoomError(f"the clean room runs this interpreter (Python {deploy.host_python()}), not {self.python}")
             self.layers = cached_layers(self.packages, python=self.python, arch=self.arch, cache=self.cache, out=self.out)
             runtime, self.runtime_cached = cached_runtime(self.cache, self.out)
             self._build_sandbox(runtime)
