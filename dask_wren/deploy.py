@@ -841,11 +841,11 @@ def site_distributions(site: Path) -> dict[str, Distribution]:
             name = top_owner.get(rel.parts[1]) or _package_of(rel.as_posix()) or rel.parts[1]
             versions.setdefault(name, "")
             owned[rel] = name
-    files: dict[str, list[Path]] = {name: [] for name in versions}
+    files: dict[str, list[Path]] = {}
     for rel, name in owned.items():
         if _layer_filter(rel):
-            files[name].append(rel)
-    return {
+            files.setdefault(name, []).append(rel)
+    return {  # a distribution always keeps its METADATA; an entry left empty (bin/, say) is nothing to ship
         name: Distribution(name, versions[name], tuple(sorted(fs)), sum((root / f).stat().st_size for f in fs))
         for name, fs in sorted(files.items())
     }

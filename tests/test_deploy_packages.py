@@ -72,6 +72,8 @@ class FakePip:
             info = target / f"{module}-{version}.dist-info"
             info.mkdir()
             (info / "METADATA").write_text(f"Name: {name}\nVersion: {version}\n")
+            (target / "bin").mkdir(exist_ok=True)
+            (target / "bin" / module).write_text("#!/usr/bin/python\n")  # a console script, as pip writes one
             (info / "RECORD").write_text(
                 f"{module}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n../../bin/{module},,\n"
             )
