@@ -5,8 +5,10 @@ directory with a clean ``sys.path``, so it sees installed packages only, as Lamb
 receives invocations over the socket ``FD`` and runs them in order with the real
 ``lambda_handler`` and a Lambda-like context, reporting each one done.  The host may send one
 invocation ahead so the worker does not wait for it; it can withdraw that one with a cancel,
-which is honoured if it arrives before the invocation starts.  If the process dies, the host
-reads the exit code and writes the failure records itself.
+which is honoured if it arrives before the invocation starts.  A handler that raised is reported
+with ``handler_raised`` in its summary (on Lambda, a function error), apart from a handler that
+returned a ``handler_error`` of its own.  If the process dies, the host reads the exit code (the
+local backend writes the failure records itself; the Lambda stand-in writes none).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def serve(conn: Connection, memory_mb: int, function_name: str) -> None:
         context = LocalContext(request_id, timeout, memory_mb, function_name)
         try:
             summary = lambda_handler(event, context)
-        except Exception as e:  # records are the handler's job; it failed (e.g. storage unreachable)
-            summary = {"handler_error": f"{type(e).__name__}: {e}"}
+        except Exception as e:  # records are the handler's job; it raised (Lambda: a function error)
+            summary = {"handler_error": f"{type(e).__name__}: {e}", "handler_raised": True}
         conn.send(("done", request_id, summary))
 
 

@@ -29,9 +29,12 @@ PREFIX = "standin"
 WAIT = 30.0
 
 
+RETRY_DELAY = 0.1  # the stand-in's delay before Lambda's retries, in this module (Lambda: minutes)
+
+
 @pytest.fixture(scope="module")
 def standin():
-    with aws_standin(workers=2) as st:
+    with aws_standin(workers=2, retry_delays=(RETRY_DELAY, RETRY_DELAY)) as st:
         yield st
 
 
@@ -40,6 +43,24 @@ def aws(standin):
     standin.faults.reset()
     yield standin
     standin.faults.reset()
+
+
+@pytest.fixture
+def function(standin):
+    """``function(name, retries=None, workers=1, **config)`` adds a function to the stand-in's
+    endpoint (``retries``: its MaximumRetryAttempts, through the real client); removed afterwards."""
+    names = []
+
+    def add(name, *, retries=None, workers=1, **config):
+        standin.endpoint.add_function(name, workers=workers, **config)
+        names.append(name)
+        if retries is not None:
+            standin.lambda_client().put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=retries)
+        return name
+
+    yield add
+    for name in names:
+        standin.endpoint.remove_function(name)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -55,6 +76,40 @@ def touch_and_square(arg):
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
     return x * x
+
+
+def hold_the_gil(seconds):
+    """Sleeps in C with the GIL held, so the handler's watchdog thread cannot run: only a kill
+    from outside ends it (a C extension's busy loop does the same)."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return seconds
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def hog(megabytes):
+    """Holds ``megabytes`` of memory and keeps touching every page until it is killed."""
+    block = bytearray(megabytes << 20)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in range(0, len(block), 4096):
+            block[i] = (block[i] + 1) & 0xFF
+    return len(block)
+
+
+def mark_and_wait(arg):
+    """Creates ``started``, then waits for ``gate_path`` to exist."""
+    started, gate_path = arg
+    open(started, "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate_path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return started
 
 
 def store_of(st):
@@ -116,11 +171,17 @@ def lines(path):
         return []
 
 
-def invoke_event(client, st, event):
-    response = client.invoke(FunctionName=st.function_name, InvocationType="Event", Payload=json.dumps(event).encode())
+def invoke_event(client, st, event, name=None):
+    """An asynchronous invoke of ``name`` (default: the stand-in's function)."""
+    response = client.invoke(FunctionName=name or st.function_name, InvocationType="Event", Payload=json.dumps(event).encode())
     assert response["StatusCode"] == 202
     assert response["Payload"].read() == b""
     return response
+
+
+def request_id_of(response):
+    """Lambda's request id for an invoke: the worker's ``context.aws_request_id``."""
+    return response["ResponseMetadata"]["RequestId"]
 
 
 # -- the Lambda endpoint through boto3 ---------------------------------------------------------
@@ -129,13 +190,16 @@ def invoke_event(client, st, event):
 def test_event_invoke_runs_the_real_handler(aws):
     store = store_of(aws)
     event, job = make_event(store, square, [3, 4])
-    response = invoke_event(aws.lambda_client(), aws, event)
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event))
     for i, expected in enumerate([9, 16]):
         header, value = wait_record(store, job, i)
         assert header["status"] == protocol.STATUS_OK and value == expected, header.get("error")
         # the worker saw Lambda's request id as context.aws_request_id
-        assert header["request_id"] == response["ResponseMetadata"]["RequestId"]
+        assert header["request_id"] == request_id
     assert aws.faults.counters.invokes == 1 and aws.faults.counters.run == 1
+    (run,) = aws.endpoint.wait_settled(request_id)
+    assert run.outcome == "ok" and run.job_id == job and run.call_ids == ("000000", "000001") and run.attempt == 0
+    assert len(aws.executions(job_id=job, call_id=protocol.call_id_for(1))) == 1
 
 
 def test_request_response_returns_the_handler_summary(aws):
@@ -152,11 +216,15 @@ def test_request_response_returns_the_handler_summary(aws):
 
 
 def test_request_response_reports_a_failing_handler_as_lambda_does(aws):
-    response = aws.lambda_client().invoke(FunctionName=aws.function_name, Payload=b'{"not": "a dask-wren event"}')
+    response = aws.lambda_client().invoke(FunctionName=aws.function_name, Payload=b"[1]")  # not an object
     assert response["StatusCode"] == 200 and response["FunctionError"] == "Unhandled"
     error = json.loads(response["Payload"].read())
-    assert error["errorType"] == "KeyError" and "storage" in error["errorMessage"]
+    assert error["errorType"] == "AttributeError"
     assert any("lambda_handler" in line for line in error["stackTrace"])
+    # a handler that returns a summary naming its problem returned: no function error
+    response = aws.lambda_client().invoke(FunctionName=aws.function_name, Payload=b'{"not": "a dask-wren event"}')
+    assert "FunctionError" not in response
+    assert "storage" in json.loads(response["Payload"].read())["handler_error"]
 
 
 def test_unknown_function_is_resource_not_found(aws):
@@ -291,16 +359,84 @@ def test_a_crash_kills_the_worker_after_the_function_ran(aws, tmp_path):
     marker = str(tmp_path / "runs")
     event, job = make_event(store, touch_and_square, [(marker, 3)])
     aws.faults.crash_next = 1
-    invoke_event(aws.lambda_client(), aws, event)
-    header, _ = wait_record(store, job, 0)
-    assert header["status"] == protocol.STATUS_FAILED
-    assert header["error"]["kind"] == protocol.FAIL_WORKER_DIED and "SIGKILL" in header["error"]["message"]
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event))
+    (run,) = aws.endpoint.wait_settled(request_id)  # the stand-in's function retries nothing
+    assert run.outcome == "died" and "signal: killed" in run.detail
+    assert record(store, job, 0) is None  # as on Lambda: a crash writes nothing
     assert len(lines(marker)) == 1  # the function ran; its result was lost with the worker
-    assert aws.faults.counters.crashed == 1 and aws.faults.crash_next == 0
+    counters = aws.faults.snapshot()
+    assert counters.crashed == 1 and aws.faults.crash_next == 0 and counters.retried == 0 and counters.run == 1
     # the next invocation is not crashed
     event, job = make_event(store, square, [4])
     invoke_event(aws.lambda_client(), aws, event)
     assert wait_record(store, job, 0)[1] == 16
+
+
+def test_a_crashed_event_is_retried_when_the_function_retries(aws, function, tmp_path):
+    name = function("retries-once", retries=1)
+    store = store_of(aws)
+    marker = str(tmp_path / "runs")
+    event, job = make_event(store, touch_and_square, [(marker, 3)])
+    aws.faults.crash_next = 1
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event, name))
+    runs = aws.endpoint.wait_settled(request_id)
+    assert [(r.attempt, r.outcome) for r in runs] == [(0, "died"), (1, "ok")]
+    assert runs[1].started - runs[0].ended >= RETRY_DELAY * 0.9
+    header, value = record(store, job, 0)
+    assert value == 9 and header["request_id"] == request_id  # a retry keeps the request id, as on Lambda
+    assert len(lines(marker)) == 2
+    assert aws.faults.snapshot().retried == 1
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_an_event_past_the_function_timeout_is_killed_and_records_nothing(aws, function, retries):
+    name = function(f"timeout-1s-{retries}", timeout=1, retries=retries)
+    store = store_of(aws)
+    event, job = make_event(store, hold_the_gil, [30], timeout=60)  # the event's own timeout does not matter
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event, name))
+    runs = aws.endpoint.wait_settled(request_id)
+    assert [(r.attempt, r.outcome) for r in runs] == [(i, "timeout") for i in range(1 + retries)]
+    for run in runs:
+        assert 1.0 <= run.ended - run.started < 5  # killed at the function's Timeout, not the event's
+    assert len(aws.endpoint.executions(job_id=job, call_id=protocol.call_id_for(0))) == 1 + retries
+    assert record(store, job, 0) is None
+    counters = aws.faults.snapshot()
+    assert counters.killed_timeout == counters.run == 1 + retries and counters.retried == retries
+
+
+def test_the_workers_context_counts_down_from_the_function_timeout(aws, function):
+    name = function("timeout-3s", timeout=3, retries=0)
+    store = store_of(aws)
+    event, job = make_event(store, nap, [30], timeout=60)
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event, name))
+    (run,) = aws.endpoint.wait_settled(request_id)
+    # The handler's watchdog saw the context's deadline (3 s, not the event's 60 s): it wrote its own
+    # timeout record and ended the process before the stand-in's kill; to Lambda, a runtime exit.
+    assert run.outcome == "died" and run.ended - run.started < 3
+    header, _ = record(store, job, 0)
+    assert header["error"]["kind"] == protocol.FAIL_TIMEOUT
+    assert aws.faults.snapshot().killed_timeout == 0
+
+
+def test_a_memory_hog_is_killed_and_records_nothing(aws, function):
+    name = function("memory-128", memory_mb=128, timeout=30, retries=0)
+    store = store_of(aws)
+    event, job = make_event(store, square, [12])
+    invoke_event(aws.lambda_client(), aws, event, name)
+    assert wait_record(store, job, 0)[1] == 144  # a worker fits in 128 MB
+    event, job = make_event(store, hog, [300])
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event, name))
+    (run,) = aws.endpoint.wait_settled(request_id)
+    assert run.outcome == "memory" and "128 MB" in run.detail
+    assert record(store, job, 0) is None
+    assert aws.faults.snapshot().killed_memory == 1
+    # synchronously: Lambda's error document
+    event, job = make_event(store, hog, [300])
+    response = aws.lambda_client().invoke(FunctionName=name, Payload=json.dumps(event).encode())
+    assert response["FunctionError"] == "Unhandled"
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "Runtime.ExitError" and error["errorMessage"].endswith("Runtime exited with error: signal: killed")
+    assert aws.faults.snapshot().killed_memory == 2 and record(store, job, 0) is None
 
 
 def test_a_crash_on_a_synchronous_invoke_is_a_function_error(aws):
@@ -313,10 +449,85 @@ def test_a_crash_on_a_synchronous_invoke_is_a_function_error(aws):
     assert record(store, job, 0) is None  # as on Lambda: no record for a synchronous crash
 
 
+# -- the control plane -----------------------------------------------------------------------
+
+
+def test_event_invoke_config_round_trip(aws, function):
+    name = function("configured")
+    client = aws.lambda_client()
+    with pytest.raises(client.exceptions.ResourceNotFoundException) as info:
+        client.get_function_event_invoke_config(FunctionName=name)  # none yet: Lambda's defaults apply
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.update_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=1)
+    put = client.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=1, MaximumEventAgeInSeconds=120)
+    assert put["MaximumRetryAttempts"] == 1 and put["MaximumEventAgeInSeconds"] == 120
+    assert put["FunctionArn"].endswith(f":function:{name}:$LATEST") and put["LastModified"].year >= 2024
+    got = client.get_function_event_invoke_config(FunctionName=name)
+    assert (got["MaximumRetryAttempts"], got["MaximumEventAgeInSeconds"]) == (1, 120)
+    updated = client.update_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
+    assert (updated["MaximumRetryAttempts"], updated["MaximumEventAgeInSeconds"]) == (0, 120)
+    replaced = client.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=2)
+    assert replaced["MaximumRetryAttempts"] == 2 and "MaximumEventAgeInSeconds" not in replaced
+    for bad in ({"MaximumRetryAttempts": 3}, {"MaximumEventAgeInSeconds": 30000}):
+        with pytest.raises(client.exceptions.InvalidParameterValueException):
+            client.put_function_event_invoke_config(FunctionName=name, **bad)
+    assert aws.endpoint.event_invoke_config(name)["MaximumRetryAttempts"] == 2
+    client.delete_function_event_invoke_config(FunctionName=name)
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_function_event_invoke_config(FunctionName=name)
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.delete_function_event_invoke_config(FunctionName=name)
+    with pytest.raises(client.exceptions.ResourceNotFoundException, match="Function not found"):
+        client.put_function_event_invoke_config(FunctionName="no-such-function", MaximumRetryAttempts=0)
+
+
+def test_concurrency_and_account_settings(aws, function, tmp_path):
+    client = aws.lambda_client(config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    assert "ReservedConcurrentExecutions" not in client.get_function_concurrency(FunctionName=aws.function_name)
+    limit = client.get_account_settings()["AccountLimit"]
+    assert limit["ConcurrentExecutions"] == limit["UnreservedConcurrentExecutions"] == 2  # the stand-in's workers
+    name = function("reserved", workers=2)
+    assert client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)["ReservedConcurrentExecutions"] == 1
+    assert client.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 1
+    assert client.get_account_settings()["AccountLimit"]["UnreservedConcurrentExecutions"] == 1
+    with pytest.raises(client.exceptions.InvalidParameterValueException):
+        client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=3)
+
+    # the reservation caps the invocations running at once, on a pool of 2 workers
+    store = store_of(aws)
+    gate_path = str(tmp_path / "gate")
+    jobs = []
+    for i in range(2):
+        event, job = make_event(store, mark_and_wait, [(str(tmp_path / f"started-{i}"), gate_path)])
+        invoke_event(client, aws, event, name)
+        jobs.append(job)
+    wait_for(lambda: any(os.path.exists(tmp_path / f"started-{i}") for i in range(2)), what="a start")
+    open(gate_path, "w").close()
+    first, second = sorted((wait_record(store, job, 0)[0]["timings"] for job in jobs), key=lambda t: t["worker_call_start"])
+    assert first["worker_call_end"] <= second["worker_call_start"]
+
+    client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
+    with pytest.raises(client.exceptions.TooManyRequestsException):
+        client.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+    client.delete_function_concurrency(FunctionName=name)
+    assert "ReservedConcurrentExecutions" not in client.get_function_concurrency(FunctionName=name)
+    assert client.get_account_settings()["AccountLimit"]["UnreservedConcurrentExecutions"] == 2
+
+
+def test_the_standins_function_is_configured_as_deploy_configures_it(aws):
+    client = aws.lambda_client()
+    assert client.get_function_event_invoke_config(FunctionName=aws.function_name)["MaximumRetryAttempts"] == 0
+    variables = client.get_function_configuration(FunctionName=aws.function_name)["Environment"]["Variables"]
+    assert variables["DASK_WREN_BUCKET"] == aws.bucket
+    assert variables["DASK_WREN_PREFIX"] == aws.prefix == "dask-wren" == Settings.from_config(**aws.settings_overrides).prefix
+
+
 def test_standin_on_another_s3_endpoint_restores_the_environment(aws):
     before = dict(os.environ)
-    with aws_standin(workers=1, bucket="second-bucket", function_name="other", s3_endpoint=aws.s3_url) as st:
+    with aws_standin(workers=1, bucket="second-bucket", function_name="other", s3_endpoint=aws.s3_url, async_retries=2) as st:
         assert st.s3_url == aws.s3_url and os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
+        assert st.lambda_client().get_function_event_invoke_config(FunctionName="other")["MaximumRetryAttempts"] == 2
         assert "second-bucket" in [b["Name"] for b in st.s3_client().list_buckets()["Buckets"]]
         store = S3Storage("second-bucket", endpoint_url=st.s3_url, region=st.region)
         event, job = make_event(store, square, [11])
@@ -411,10 +622,10 @@ def test_the_handler_runs_under_awslambdaric(aws, tmp_path):
                 assert value == expected and header["request_id"] == request_id
                 assert header["worker_pid"] == proc.pid
 
-            # a handler that raises goes back through the runtime's error route
-            request_id = server.submit(dict(event, storage={"kind": "no-such-store"}))
+            # a handler that raises (an event that is not an object) goes back through the runtime's error route
+            request_id = server.submit([1])
             ok, error = _wait_runtime(server, proc, request_id, log_path)
-            assert not ok and error["errorType"] == "StorageError" and "no-such-store" in error["errorMessage"]
+            assert not ok and error["errorType"] == "AttributeError"
             assert proc.poll() is None  # the runtime lives on, warm, for the next event
         finally:
             proc.terminate()

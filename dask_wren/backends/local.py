@@ -12,7 +12,8 @@ Transitions:
     invoke        -> appended to queue; idle workers take from the head (while fewer than
                      ``concurrency_limit`` workers are busy, when one is set)
     worker done   -> the next sent invocation (if any) starts; progress listeners are told; a
-                     handler that raised (storage unreachable) gets failure records for its calls
+                     handler that raised or reported a ``handler_error`` (storage unreachable)
+                     gets failure records for its calls
     worker EOF    -> the process died: the running invocation's calls get ``worker_died``
                      records, the one waiting behind it goes back to the queue, a replacement starts
     deadline      -> the worker is killed: ``timeout`` records, the same as EOF otherwise.  The
@@ -67,8 +68,8 @@ KILL_GRACE = 5.0
 #: Seconds between two looks at the resident memory of busy workers (``memory_limit_mb``).
 MEMORY_POLL_INTERVAL = 0.1
 
-#: How an invocation that ran ended: ``ok`` (the handler returned), ``error`` (the handler
-#: raised), ``died`` (the worker process died), ``timeout`` / ``memory`` (the pool killed it),
+#: How an invocation that ran ended: ``ok`` (the handler returned, even with a ``handler_error``
+#: in its summary), ``error`` (the handler raised), ``died`` (the worker process died), ``timeout`` / ``memory`` (the pool killed it),
 #: ``cancelled`` (all its calls were cancelled; it was killed or withdrawn).
 OUTCOMES = ("ok", "error", "died", "timeout", "memory", "cancelled")
 
@@ -401,11 +402,13 @@ class LocalBackend(ProgressListeners):
                     if message[0] == "done":
                         elapsed = (now - w.started) / max(1, len(inv.call_ids))
                         self._recent_call_time = 0.8 * self._recent_call_time + 0.2 * elapsed
-                        error = message[2].get("handler_error")
-                        if error:
-                            self._failed(inv, "error", protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
-                        else:
-                            self._report(inv, "ok")
+                        summary = message[2] if isinstance(message[2], dict) else {}
+                        error = summary.get("handler_error")
+                        if error and self.records_failures:
+                            write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
+                        # Only a handler that raised is a function error on Lambda; one that returned
+                        # a summary naming a problem returned normally.
+                        self._report(inv, "error" if summary.get("handler_raised") else "ok", error or "")
                     else:
                         self._report(inv, "cancelled")
                     w.started = now

@@ -6,6 +6,10 @@
   ``s3_endpoint``, e.g. MinIO) with the bucket created;
 - a Lambda endpoint (``LambdaEndpoint``) serving one function whose invocations run the real
   ``lambda_worker.handler.lambda_handler`` in local worker processes, with injectable faults.
+  The function is configured as ``dask-wren deploy`` configures one (no asynchronous retries;
+  ``DASK_WREN_BUCKET`` / ``DASK_WREN_PREFIX`` in its environment), and the stand-in is never
+  kinder than Lambda: it kills an invocation at the function's Timeout or when it exceeds the
+  function's memory, and writes no failure record for it (Lambda writes none).
 
 ::
 
@@ -18,7 +22,8 @@
         with dask.config.set(standin.dask_config):   # or the same through dask.config
             ...
         standin.faults.throttle_first = 3            # the next 3 invoke requests get 429
-        print(standin.faults.counters)
+        print(standin.faults.counters)               # ... retried, killed_timeout, killed_memory
+        print(len(standin.executions(job_id=job, call_id="000000")))  # how often a call ran
 
 As a pytest fixture (in your ``conftest.py`` or test module)::
 
@@ -48,10 +53,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_wren.testing.lambda_endpoint import FaultCounters, Faults, LambdaEndpoint, default_environment
+from dask_wren.testing.lambda_endpoint import (
+    DEFAULT_RETRY_DELAYS,
+    Execution,
+    FaultCounters,
+    Faults,
+    LambdaEndpoint,
+    default_environment,
+)
 from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
 
 __all__ = [
+    "Execution",
     "FaultCounters",
     "Faults",
     "LambdaEndpoint",
@@ -63,6 +76,8 @@ __all__ = [
 ]
 
 REGION = "us-east-1"
+#: The job prefix of ``wren.storage.prefix``'s default, which the stand-in's function is deployed for.
+PREFIX = "dask-wren"
 _FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # Variables that would make boto3 use something other than the fake credentials.
 _CREDENTIAL_SOURCES = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
@@ -79,6 +94,7 @@ class StandIn:
     region: str
     endpoint: LambdaEndpoint
     faults: Faults
+    prefix: str = PREFIX
     settings_overrides: dict[str, Any] = field(init=False)
     dask_config: dict[str, Any] = field(init=False)
 
@@ -92,6 +108,7 @@ class StandIn:
             "aws_region": self.region,
             "lambda_endpoint_url": self.lambda_url,
             "function_name": self.function_name,
+            "prefix": self.prefix,
         }
         self.dask_config = {
             "wren.backend": "aws",
@@ -102,6 +119,7 @@ class StandIn:
             "wren.aws.region": self.region,
             "wren.aws.lambda-endpoint-url": self.lambda_url,
             "wren.aws.function-name": self.function_name,
+            "wren.storage.prefix": self.prefix,
         }
 
     def ensure_bucket(self) -> StandIn:
@@ -114,6 +132,11 @@ class StandIn:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.s3_url, region_name=self.region, **kwargs)
+
+    def executions(self, request_id: str | None = None, **filters: Any) -> list[Execution]:
+        """The function's executions (see ``LambdaEndpoint.executions``): how often a call ran is
+        ``len(standin.executions(job_id=job, call_id=call))``."""
+        return self.endpoint.executions(request_id, function=self.function_name, **filters)
 
     def lambda_client(self, **kwargs: Any) -> Any:
         """A boto3 Lambda client for the stand-in; ``config=`` etc. pass through."""
@@ -132,12 +155,23 @@ def aws_standin(
     *,
     timeout: float = 300,
     memory_mb: int = 2048,
+    enforce_memory: bool = True,
+    async_retries: int = 0,
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+    prefix: str = PREFIX,
 ) -> Iterator[StandIn]:
     """Start S3 (moto, unless ``s3_endpoint`` is given) and a Lambda endpoint; yield a ``StandIn``.
 
-    ``workers``: worker processes behind the function.  ``faults``: a ``Faults`` to inject
-    (default: none; change ``standin.faults`` at any time).  ``timeout`` / ``memory_mb``: the
-    function's configuration.
+    ``workers``: worker processes behind the function (its concurrency).  ``faults``: a
+    ``Faults`` to inject (default: none; change ``standin.faults`` at any time).
+
+    The function is configured as ``dask-wren deploy`` configures it: ``timeout`` / ``memory_mb``
+    are its Timeout and MemorySize, both enforced as Lambda enforces them (memory unless
+    ``enforce_memory`` is False); its event-invoke-config sets ``MaximumRetryAttempts`` to
+    ``async_retries`` (0, as deploy does; 1 or 2 to test Lambda's retries, which come after
+    ``retry_delays`` seconds); its ``Environment`` carries the host's versions and
+    ``DASK_WREN_BUCKET`` / ``DASK_WREN_PREFIX`` (``bucket``, ``prefix``).  ``settings_overrides``
+    and ``dask_config`` use the same prefix.
     """
     saved = dict(os.environ)
     moto_server = None
@@ -158,8 +192,12 @@ def aws_standin(
         else:
             s3_url = s3_endpoint.rstrip("/")
         _ensure_bucket(s3_url, bucket)
-        endpoint = LambdaEndpoint(workers=workers, faults=faults, region=REGION).start()
-        endpoint.add_function(function_name, timeout=timeout, memory_mb=memory_mb)
+        endpoint = LambdaEndpoint(workers=workers, faults=faults, region=REGION, retry_delays=retry_delays).start()
+        endpoint.add_function(
+            function_name, timeout=timeout, memory_mb=memory_mb, enforce_memory=enforce_memory,
+            environment={"DASK_WREN_BUCKET": bucket, "DASK_WREN_PREFIX": prefix},
+        )
+        endpoint.put_event_invoke_config(function_name, MaximumRetryAttempts=async_retries)
         yield StandIn(
             s3_url=s3_url,
             lambda_url=endpoint.url,
@@ -168,6 +206,7 @@ def aws_standin(
             region=REGION,
             endpoint=endpoint,
             faults=endpoint.faults,
+            prefix=prefix,
         )
     finally:
         try:
