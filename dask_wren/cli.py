@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         "stops before changing anything and names the largest packages: use a container image then "
         "(runtime/Dockerfile)",
     )
+    d.add_argument(
+        "--image-uri",
+        metavar="URI",
+        help="deploy the worker as this container image (built from runtime/Dockerfile with this environment's "
+        "Python, cloudpickle and dask, pushed to ECR; a tag or digest) instead of the zip function and layers; "
+        "a new tag or digest updates the function",
+    )
 
     x = sub.add_parser(
         "destroy", help="delete the function (and its async invoke config), its layers' versions and role (bucket: --delete-bucket)"
@@ -110,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     dry_run=args.dry_run,
                     requirements=tuple(args.requirements),
                     packages=tuple(args.packages),
+                    image_uri=args.image_uri,
                 )
             )
             return 0

@@ -273,6 +273,9 @@ class DeployOptions:
     #: and requirement specifiers, added to the runtime in package layers
     requirements: tuple[Path, ...] = ()
     packages: tuple[str, ...] = ()
+    #: deploy the worker as this container image (built from runtime/Dockerfile, in ECR) instead of
+    #: the zip function and its layers
+    image_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ class DeployConfig:
     python: str
     versions: dict[str, str]
     event_age: int = 600  # MaximumEventAgeInSeconds: wren.aws.throttle-timeout within Lambda's range
+    image_uri: str | None = None  # a container-image function (PackageType Image), no layers
 
     @property
     def role_name(self) -> str:
@@ -366,6 +370,17 @@ def check_options(opts: DeployOptions) -> None:
     if opts.layer_zip is not None and not Path(opts.layer_zip).is_file():
         raise DeployError(f"--layer-zip {opts.layer_zip}: no such file")
     user_requirements(opts)  # a missing or unreadable --requirements file fails here
+    if opts.image_uri is not None:
+        if opts.layer_zip is not None or opts.requirements or opts.packages:
+            raise DeployError(
+                "--image-uri deploys a container image, which holds the runtime and your packages itself: "
+                "drop --layer-zip, --packages and --requirements (install packages in the image: runtime/Dockerfile)"
+            )
+        if not re.fullmatch(r"[^\s/]+/[^\s:@]+(:[\w][\w.-]*|@sha256:[0-9a-f]{64})", opts.image_uri):
+            raise DeployError(
+                f"--image-uri {opts.image_uri!r} is not an image URI with a tag or digest, like "
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com/dask-wren:1"
+            )
 
 
 def user_requirements(opts: DeployOptions) -> list[str]:
@@ -499,6 +514,7 @@ def resolve(opts: DeployOptions, clients: AwsClients, account: str, partition: s
         python=python,
         versions=host_versions(),
         event_age=event_invoke_config(throttle_timeout)["MaximumEventAgeInSeconds"],
+        image_uri=opts.image_uri,
     )
 
 
@@ -1005,7 +1021,7 @@ class Change:
 class DeployState:
     """What later steps need from earlier ones; predicted values during a dry run."""
 
-    layer: LayerZip
+    layer: LayerZip | None  # None for a container-image function
     versions: dict[str, str]
     package_layers: list[LayerZip] = field(default_factory=list)
     role_arn: str = ""
@@ -1189,6 +1205,7 @@ def plan_layer(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Change
     def record(arn: str) -> None:
         state.layer_arn = arn
 
+    assert state.layer is not None, "no runtime layer for a container-image function"
     return _plan_layer_version(cfg, aws, cfg.layer_name, state.layer, record)
 
 
@@ -1250,8 +1267,11 @@ def _plan_layer_version(
 def function_settings(
     cfg: DeployConfig, role_arn: str, layer_arns: str | Sequence[str], versions: dict[str, str]
 ) -> dict[str, Any]:
-    """The function configuration ``deploy`` wants (update_function_configuration's arguments)."""
-    return {
+    """The function configuration ``deploy`` wants (update_function_configuration's arguments).
+
+    A container-image function has no runtime, handler or layers: the image holds them.
+    """
+    settings = {
         "Runtime": cfg.runtime,
         "Handler": HANDLER,
         "Role": role_arn,
@@ -1261,6 +1281,10 @@ def function_settings(
         "Environment": {"Variables": function_environment(versions, bucket=cfg.bucket, prefix=cfg.prefix)},
         "Description": _FUNCTION_DESCRIPTION,
     }
+    if cfg.image_uri:
+        for key in ("Runtime", "Handler", "Layers"):
+            del settings[key]
+    return settings
 
 
 def layer_versions(cfg: DeployConfig, layer: LayerZip) -> dict[str, str]:
@@ -1315,8 +1339,9 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
             raise
         current = None
     wanted = function_settings(cfg, state.role_arn, state.layer_arns, versions)
-    summary = f"{cfg.runtime}, {cfg.arch}, {cfg.memory} MB, {cfg.timeout} s"
-    if len(wanted["Layers"]) > 1:
+    image, package_type = cfg.image_uri, "Image" if cfg.image_uri else "Zip"
+    summary = f"{f'image {image}' if image else cfg.runtime}, {cfg.arch}, {cfg.memory} MB, {cfg.timeout} s"
+    if len(wanted.get("Layers", [])) > 1:
         summary += f", {len(wanted['Layers'])} layers"
     state.function_exists = current is not None
     if current is None:
@@ -1325,9 +1350,9 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
             _retry_while_role_propagates(
                 lambda: lam.create_function(
                     FunctionName=name,
-                    Code={"ZipFile": code},
+                    Code={"ImageUri": image} if image else {"ZipFile": code},
                     Architectures=[cfg.arch],
-                    PackageType="Zip",
+                    PackageType=package_type,
                     Publish=False,
                     Tags={"dask-wren": "worker"},
                     **wanted,
@@ -1339,10 +1364,11 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
 
         return Change(resource, "create", summary, create)
 
-    if current.get("PackageType", "Zip") != "Zip":
+    if current.get("PackageType", "Zip") != package_type:
+        has, wants = ("a container-image", "a zip") if package_type == "Zip" else ("a zip", "a container-image")
         raise DeployError(
-            f"function {name} exists as a container-image function; deploy manages zip functions: delete it or "
-            "choose another --function-name"
+            f"function {name} exists as {has} function, and Lambda cannot turn it into {wants} one: "
+            f"`dask-wren destroy --function-name {name} --yes` first, or choose another --function-name"
         )
     # Keep environment variables someone added by hand; ours win.
     env = dict((current.get("Environment") or {}).get("Variables") or {})
@@ -1360,7 +1386,11 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
     }
     config_diff = [k for k in wanted if wanted[k] != have[k]]
     code_diff = []
-    if current.get("CodeSha256") != code_sha:
+    if image:
+        # A tag pushed again is not seen here: deploy a new tag (or a digest) to update the code.
+        if lam.get_function(FunctionName=name).get("Code", {}).get("ImageUri") != image:
+            code_diff.append("ImageUri")
+    elif current.get("CodeSha256") != code_sha:
         code_diff.append("code")
     if (current.get("Architectures") or ["x86_64"]) != [cfg.arch]:
         code_diff.append("Architectures")
@@ -1370,7 +1400,8 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
     def update() -> None:
         _wait(lam, "function_updated_v2", name)
         if code_diff:
-            lam.update_function_code(FunctionName=name, ZipFile=code, Architectures=[cfg.arch])
+            new_code: dict[str, Any] = {"ImageUri": image} if image else {"ZipFile": code}
+            lam.update_function_code(FunctionName=name, Architectures=[cfg.arch], **new_code)
             _wait(lam, "function_updated_v2", name)
         if config_diff:
             _retry_while_role_propagates(
@@ -1538,9 +1569,13 @@ def deploy_steps(state: DeployState) -> list[Step]:
     """``DEPLOY_STEPS`` with one step per package layer after the runtime layer's."""
     steps: list[Step] = []
     for step in DEPLOY_STEPS:
-        steps.append(step)
         if step is plan_layer:
+            if state.layer is None:  # a container-image function: the image holds the runtime
+                continue
+            steps.append(step)
             steps += [functools.partial(plan_package_layer, number=n) for n in range(1, len(state.package_layers) + 1)]
+        else:
+            steps.append(step)
     return steps
 
 
@@ -1618,13 +1653,22 @@ def deploy(opts: DeployOptions, out: Callable[[str], None] = print) -> list[Chan
     cfg = resolve(opts, aws, account, partition)
     out(
         f"{'plan (dry run, nothing will change)' if opts.dry_run else 'deploying'}: function {cfg.function_name} "
-        f"({cfg.runtime}, {cfg.arch}) in account {account}, region {region}; storage s3://{cfg.bucket}/{cfg.prefix}/"
+        f"({f'image {cfg.image_uri}' if cfg.image_uri else cfg.runtime}, {cfg.arch}) in account {account}, "
+        f"region {region}; storage s3://{cfg.bucket}/{cfg.prefix}/"
         + (f"; endpoint {cfg.endpoint_url}" if cfg.endpoint_url else "")
     )
     with tempfile.TemporaryDirectory(prefix="dask-wren-deploy-") as tmp:
-        # Built and checked (size limit, platform) before anything in AWS is touched.
-        layer, packages = _prepare_layers(opts, python, Path(tmp), out)
-        state = DeployState(layer=layer, versions=layer_versions(cfg, layer), package_layers=packages)
+        if cfg.image_uri:
+            out(
+                f"note: the image must hold this environment's Python {cfg.versions['python']}, cloudpickle "
+                f"{cfg.versions['cloudpickle']} and dask {cfg.versions['dask']} (build it from runtime/Dockerfile "
+                "with those build arguments): the function records them and the host checks them before invoking"
+            )
+            state = DeployState(layer=None, versions=dict(cfg.versions))
+        else:
+            # Built and checked (size limit, platform) before anything in AWS is touched.
+            layer, packages = _prepare_layers(opts, python, Path(tmp), out)
+            state = DeployState(layer=layer, versions=layer_versions(cfg, layer), package_layers=packages)
         changes = run_steps(
             [_bind(step, cfg, aws, state) for step in deploy_steps(state)], dry_run=opts.dry_run, out=out
         )

@@ -391,6 +391,45 @@ def test_max_concurrency_falls_back_to_the_accounts_unreserved_concurrency():
     assert "max-concurrency" not in _cfg().settings_document(None)["wren"]["aws"]
 
 
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/dask-wren"
+
+
+def test_container_image_function(aws, config_file, capsys, monkeypatch):
+    def no_layers(*a, **k):
+        raise AssertionError("a container-image deploy builds no layer")
+
+    monkeypatch.setattr(dep, "build_layer", no_layers)
+    argv = ["deploy", "--function-name", FN, "--config-file", str(config_file), "--image-uri", f"{IMAGE}:1"]
+    code, out, err = run(capsys, argv)
+    assert code == 0, err
+    assert f"created (image {IMAGE}:1, x86_64" in lines_of(out)[f"function {FN}"]
+    assert not any(line.startswith("layer ") for line in out.splitlines())
+    assert "runtime/Dockerfile" in out  # the note on what the image must hold
+    fn = aws["lambda"].get_function(FunctionName=FN)
+    assert fn["Configuration"]["PackageType"] == "Image" and fn["Code"]["ImageUri"] == f"{IMAGE}:1"
+    assert not fn["Configuration"].get("Layers")
+    env = fn["Configuration"]["Environment"]["Variables"]
+    assert env == dep.function_environment(HOST, bucket=BUCKET, prefix="dask-wren")
+    assert aws["lambda"].get_function_event_invoke_config(FunctionName=FN)["MaximumRetryAttempts"] == 0
+
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and lines_of(out)[f"function {FN}"].split(": ")[1].startswith("unchanged"), out
+    code, out, _ = run(capsys, [*argv[:-1], f"{IMAGE}:2"])
+    assert code == 0 and lines_of(out)[f"function {FN}"].endswith("updated (ImageUri)"), out
+    assert aws["lambda"].get_function(FunctionName=FN)["Code"]["ImageUri"] == f"{IMAGE}:2"
+
+    # A zip deploy over an image function (and the other way round) is refused, not attempted.
+    code, _, err = run(capsys, ["deploy", "--function-name", FN, "--layer-zip", str(make_layer_zip(config_file.parent / "l.zip"))])
+    assert code == 1 and "exists as a container-image function" in err and "dask-wren destroy" in err
+
+
+def test_image_uri_options_are_checked_first(capsys, tmp_path):
+    code, _, err = run(capsys, ["deploy", "--image-uri", f"{IMAGE}:1", "--packages", "scipy"])
+    assert code == 1 and "drop --layer-zip, --packages and --requirements" in err
+    code, _, err = run(capsys, ["deploy", "--image-uri", IMAGE])
+    assert code == 1 and "with a tag or digest" in err
+
+
 def test_changed_options_update_only_what_changed(aws, args, capsys, tmp_path):
     assert run(capsys, args)[0] == 0
     new_layer = make_layer_zip(tmp_path / "layer2.zip", extra={"python/extra.py": "x = 1\n"})
