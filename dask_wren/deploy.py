@@ -2,8 +2,11 @@
 
 ``deploy`` makes sure of, in order: the worker's IAM role and its one inline policy, the S3 bucket
 (public access blocked, objects under the prefix expiring), the runtime layer (the worker code and
-its packages, built with pip for Lambda's platform, no Docker), the Lambda function, and the
-dask-wren settings file that makes ``default_executor()`` use all of it.
+its packages, built with pip for Lambda's platform, no Docker) and the layers of the user's
+packages (``--packages`` / ``--requirements``), the Lambda function (or a container-image one,
+``--image-uri``), its asynchronous invoke configuration (no Lambda retries: the host is the one
+retry authority), a reading of the concurrency the function really has, and the dask-wren
+settings file that makes ``default_executor()`` use all of it.
 
 Every step looks its resource up first and returns a ``Change``: what it would do (create, update
 or nothing) and a closure that does it.  ``--dry-run`` runs exactly the same planning and only
@@ -1628,6 +1631,12 @@ def layer_differences(layer: LayerZip) -> list[str]:
     from importlib import metadata
 
     notes = []
+    if "botocore" not in layer.versions:
+        notes.append(
+            f"the layer has no botocore: the worker will use the one bundled with Lambda's runtime, which may be "
+            f"older than {BOTOCORE_FLOOR} and reject the conditional writes of result records; a layer built by "
+            "deploy (or runtime/build_layer.py) has its own"
+        )
     for name in _PIN_AT_MOST:
         try:
             here = metadata.version(name)

@@ -270,7 +270,7 @@ def test_second_deploy_changes_nothing(aws, args, config_file, capsys, monkeypat
     code, out, _ = run(capsys, args)
     assert code == 0
     assert calls == []  # nothing to apply
-    status = [line for line in out.splitlines() if ": " in line and not line.startswith(("deploying", "done"))]
+    status = [line for line in out.splitlines() if ": " in line and not line.startswith(("deploying", "done", "note"))]
     resources = [line for line in status if not line.startswith("concurrency ")]  # a reading, not a resource
     assert len(resources) == 9 and all(": unchanged" in line for line in resources), out
     assert lines_of(out)[f"async invoke config {FN}"].endswith(
