@@ -1,6 +1,8 @@
-"""The local backend's pool: sending ahead, withdrawing, and handlers that cannot reach storage."""
+"""The local backend's pool: sending ahead, withdrawing, handlers that cannot reach storage, and
+its modes (no failure records, memory limit, the timeout backstop)."""
 
 import os
+import queue
 import threading
 import time
 from multiprocessing import Pipe
@@ -9,10 +11,14 @@ import boto3
 import pytest
 
 import dask_wren
+from dask_wren.backends.base import Invocation
 from dask_wren.backends.local import LocalBackend
 from dask_wren.config import Settings
 from dask_wren.executor import Executor
-from lambda_worker import local_runtime
+from dask_wren.shipping import pickle_payload
+from lambda_worker import local_runtime, protocol, serialize
+from lambda_worker.storage import KeyNotFound
+from lambda_worker.storage.local import LocalStorage
 from tests.conftest import gate, wait_for_path
 from tests.test_handler import make_event, read
 from tests.test_s3_end_to_end import s3_endpoint  # noqa: F401  (fixture)
@@ -105,3 +111,115 @@ def test_failure_records_that_cannot_be_written_do_not_stop_the_pool(tmp_path, c
     event = {"storage": {"kind": "local", "root": str(blocked)}, "prefix": "p", "job_id": "j"}
     write_failure_records(Invocation("r1", event, ["000000"], 1.0), "worker_died", "gone")  # does not raise
     assert "could not record the failure of r1" in capsys.readouterr().err
+
+
+# -- the pool's modes ------------------------------------------------------------------------------
+
+
+def hold_the_gil(seconds):
+    """Sleeps in C with the GIL held: the handler's watchdog thread cannot act, only a kill ends it."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return seconds
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def sigkill(_):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hog(megabytes):
+    block = bytearray(megabytes << 20)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in range(0, len(block), 4096):
+            block[i] = (block[i] + 1) & 0xFF
+    return len(block)
+
+
+class Pool:
+    """A LocalBackend on a local store, and what it reports: ``run(func, arg, timeout)`` waits for
+    the invocation's outcome and returns ``(outcome, detail, header)`` (header: its record or None)."""
+
+    def __init__(self, tmp_path, **options):
+        self.store = LocalStorage(str(tmp_path / "store"))
+        self.outcomes = queue.Queue()
+        self.backend = LocalBackend(workers=1, on_outcome=lambda inv, outcome, detail: self.outcomes.put((inv.request_id, outcome, detail)), **options)
+        self.jobs = 0
+
+    def run(self, func, arg, timeout=60):
+        self.jobs += 1
+        job = f"job{self.jobs}"
+        payload = pickle_payload(func, [arg], include_modules=[__name__])
+        self.store.put(protocol.func_key("t", job), payload.func)
+        self.store.put(protocol.args_key("t", job, "0000"), payload.args[0])
+        calls = [{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])]}]
+        event = protocol.build_event(prefix="t", job_id=job, storage=self.store.spec(), calls=calls, timeout=timeout, host_versions=serialize.runtime_versions())
+        self.backend.invoke([Invocation(job, event, [calls[0]["id"]], timeout)])
+        request_id, outcome, detail = self.outcomes.get(timeout=30)
+        assert request_id == job
+        try:
+            header, _ = protocol.decode_header(self.store.get(protocol.result_key("t", job, calls[0]["id"])))
+        except KeyNotFound:
+            header = None
+        return outcome, detail, header
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.backend.shutdown()
+
+
+def test_a_pool_without_failure_records_reports_outcomes_only(tmp_path):
+    with Pool(tmp_path, records_failures=False, kill_grace=0) as pool:
+        outcome, detail, header = pool.run(sigkill, None)
+        assert outcome == "died" and "SIGKILL" in detail and header is None
+        outcome, _, header = pool.run(hold_the_gil, 30, timeout=0.5)
+        assert outcome == "timeout" and header is None
+        assert pool.backend.killed_timeout == 1
+        outcome, _, header = pool.run(nap, 0)
+        assert outcome == "ok" and header["status"] == protocol.STATUS_OK  # the worker was replaced
+
+
+def test_a_worker_over_the_memory_limit_is_killed_and_recorded(tmp_path):
+    with Pool(tmp_path, memory_limit_mb=128) as pool:
+        assert pool.run(nap, 0)[0] == "ok"  # a worker fits in 128 MB
+        outcome, detail, header = pool.run(hog, 300)
+        assert outcome == "memory" and pool.backend.killed_memory == 1
+        assert header["error"]["kind"] == protocol.FAIL_WORKER_DIED and "memory limit of 128 MB" in header["error"]["message"]
+
+
+def test_the_pools_timeout_kill_is_a_backstop_behind_the_handlers_watchdog(tmp_path):
+    with Pool(tmp_path, kill_grace=0.5) as pool:
+        # the handler's watchdog stops the call at its timeout and writes the record; the pool's
+        # worker_died record that follows does not replace it (first writer wins)
+        outcome, _, header = pool.run(nap, 30, timeout=0.5)
+        assert outcome == "died" and header["error"]["kind"] == protocol.FAIL_TIMEOUT
+        assert pool.backend.killed_timeout == 0
+        # a call the watchdog cannot stop is killed by the pool, a grace later
+        started = time.monotonic()
+        outcome, _, header = pool.run(hold_the_gil, 30, timeout=0.5)
+        assert outcome == "timeout" and time.monotonic() - started >= 1.0
+        assert header["error"]["kind"] == protocol.FAIL_TIMEOUT and "timeout of 0.5 s" in header["error"]["message"]
+        assert pool.backend.killed_timeout == 1
+
+
+def test_the_runtime_tells_a_handler_that_raised_from_one_that_returned(tmp_path):
+    host, worker = Pipe()
+    host.send(("invoke", "A", [1], 60))  # not an object: lambda_handler raises
+    host.send(("invoke", "B", {"not": "a dask-wren event"}, 60))  # the handler returns its handler_error
+    host.send(("exit",))
+    thread = threading.Thread(target=local_runtime.serve, args=(worker, 128, "test"))
+    thread.start()
+    replies = [host.recv() for _ in range(3)]
+    thread.join(10)
+    assert replies[1][:2] == ("done", "A") and replies[1][2]["handler_raised"]
+    assert replies[2][:2] == ("done", "B") and replies[2][2]["handler_error"] and "handler_raised" not in replies[2][2]
