@@ -39,8 +39,9 @@ Routes (``{name}`` may be a name, an ARN, or carry a ``:qualifier``; only ``$LAT
     caps the invocations the function's pool runs at once; 0 throttles every invoke (429).  A
     reservation above the account's concurrency is refused.
 ``GET /2016-08-19/account-settings`` (GetAccountSettings): ``AccountLimit.ConcurrentExecutions``
-    is the endpoint's ``workers``, the concurrency the stand-in really has, and
-    ``UnreservedConcurrentExecutions`` that less the functions' reservations.
+    is the endpoint's ``workers``, the concurrency the stand-in really has (unless
+    ``account_concurrency`` says otherwise), and ``UnreservedConcurrentExecutions`` that less the
+    functions' reservations.
 
 Errors are shaped so botocore parses them as Lambda's own: ``x-amzn-ErrorType`` carries the code
 (botocore's rest-json parser takes the code from that header), so an unknown function raises
@@ -89,7 +90,8 @@ Where the stand-in still differs from Lambda:
   wait in the pool's queue instead of scaling out (Lambda would scale out, then throttle); the
   event age is checked when an event starts or is retried, not while it waits in that queue.  A
   reserved concurrency of 0 refuses asynchronous invokes with 429, where Lambda accepts them and
-  drops them later.
+  drops them later; a reservation may use the account's whole concurrency, where Lambda keeps
+  100 unreserved.
 - The function's ``Environment`` is reported by GetFunctionConfiguration but not applied to the
   workers: they inherit this process's environment as it was when their pool started (which is
   how they get S3 credentials).
@@ -534,8 +536,11 @@ _EVENT_INVOKE_FIELDS = ("MaximumRetryAttempts", "MaximumEventAgeInSeconds", "Des
 class LambdaEndpoint:
     """Lambda's REST API on 127.0.0.1, running the real handler in local worker processes.
 
-    ``workers``: worker processes per function (the concurrency the stand-in has).  ``faults``: a
-    ``Faults`` (default: none).  ``retry_delays``: seconds before an asynchronous event's first,
+    ``workers``: worker processes per function (the concurrency the stand-in has).
+    ``account_concurrency``: what GetAccountSettings reports as the account's concurrency
+    (default: ``workers``, the truth); set it higher only for an endpoint whose events never run
+    (a dispatch benchmark with ``drop_rate=1``), or queued events look like lost calls to the host.
+    ``faults``: a ``Faults`` (default: none).  ``retry_delays``: seconds before an asynchronous event's first,
     second, ... retry (the last repeats), changeable as an attribute.  ``enforce_memory``: kill
     invocations whose worker exceeds the function's memory (per function: ``add_function``).
     ``port=0`` picks a free port; ``url`` is the endpoint URL for boto3 once started.
@@ -551,8 +556,10 @@ class LambdaEndpoint:
         account: str = "000000000000",
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         enforce_memory: bool = True,
+        account_concurrency: int | None = None,
     ):
         self.workers = workers
+        self.account_concurrency = account_concurrency or workers
         self.faults = faults if faults is not None else Faults()
         self.region = region
         self.account = account
@@ -931,11 +938,11 @@ class LambdaEndpoint:
             raise _error(400, "InvalidParameterValueException", f"ReservedConcurrentExecutions must be a whole number of at least 0, not {reserved!r}")
         with self._lock:
             others = sum(f.reserved_concurrency or 0 for f in self._functions.values() if f is not fn)
-            if others + reserved > self.workers:
+            if others + reserved > self.account_concurrency:
                 raise _error(
                     400, "InvalidParameterValueException",
                     f"Specified ReservedConcurrentExecutions for function decreases account's UnreservedConcurrentExecution "
-                    f"below zero: the account's concurrency (the stand-in's workers) is {self.workers}",
+                    f"below zero: the account's concurrency (the stand-in's workers) is {self.account_concurrency}",
                 )
             fn.reserved_concurrency = reserved
             pool = fn.pool
@@ -958,8 +965,8 @@ class LambdaEndpoint:
                 "TotalCodeSize": 80530636800,
                 "CodeSizeUnzipped": 262144000,
                 "CodeSizeZipped": 52428800,
-                "ConcurrentExecutions": self.workers,
-                "UnreservedConcurrentExecutions": max(0, self.workers - reserved),
+                "ConcurrentExecutions": self.account_concurrency,
+                "UnreservedConcurrentExecutions": max(0, self.account_concurrency - reserved),
             },
             "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": count},
         }
