@@ -101,8 +101,8 @@ def test_throttles_that_botocore_gives_up_on_are_paused_and_resent(standin, faul
 
 def test_an_invoke_error_other_than_a_throttle_fails_its_calls_clearly(standin, faults):
     with aws_executor(standin, invoker_processes=1, invoke_threads=13) as ex:
-        ex.backend.function_name = ex.backend._pool_config["function_name"] = "no-such-function"
         ex.backend.preflight()  # passed; then the function goes, as if deleted since
+        ex.backend.function_name = ex.backend._pool_config["function_name"] = "no-such-function"
         f = ex.call_async(triple, 1)
         with pytest.raises(dask_wren.WrenError, match="invoke request to Lambda failed.*ResourceNotFoundException"):
             f.result(timeout=60)
