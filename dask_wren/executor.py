@@ -293,7 +293,14 @@ class Executor:
                 stats["shipped_modules"] = payload.shipped
                 stats["arg_bytes"] = ranges[i][1]
         self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
-        self.backend.invoke(invocations)
+        try:
+            self.backend.invoke(invocations)
+        except BaseException as e:  # refused (a preflight, say): nothing runs, so no future may wait
+            for f in futures:
+                self.monitor.forget(job_id, f.call_id)
+                if not f.done():
+                    f.set_exception(e)
+            raise
         invoked = time.time()
         for f in futures:
             f.stats["host_invoked"] = invoked

@@ -244,3 +244,11 @@ def test_the_ramp_starts_afresh_after_the_backend_goes_idle(tmp_path):
             idle.wait(0.01)
         ex.map(square, [2])[0].result()
         assert backend._ramp_start is not None and backend._ramp_start > first
+
+
+def test_a_refused_map_leaves_no_future_waiting(tmp_path):
+    ex, _ = make(tmp_path, FakeLambda(retries=2))
+    with ex:  # leaving the block waits for the executor's futures: none may be left pending
+        with pytest.raises(dask_wren.BackendError):
+            ex.map(square, range(3))
+    assert all(f.done() for f in ex._futures)
