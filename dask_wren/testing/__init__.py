@@ -47,6 +47,7 @@ needed only for the default S3 server: ``pip install "dask-wren[test]"``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,6 +185,12 @@ def aws_standin(
         os.environ["AWS_DEFAULT_REGION"] = REGION
         if s3_endpoint is None:
             from moto.server import ThreadedMotoServer
+
+            # moto's server logs every request through werkzeug (26 lines for a 3-call map); keep
+            # warnings only, unless the caller configured that logger already
+            quiet = logging.getLogger("werkzeug")
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.WARNING)
 
             moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             moto_server.start()
