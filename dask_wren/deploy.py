@@ -1478,7 +1478,10 @@ def plan_concurrency(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> 
         limit = lam.get_account_settings()["AccountLimit"]["UnreservedConcurrentExecutions"]
     except (_client_error(), KeyError) as e:
         state.max_concurrency = None
-        why = f"{_code(e)}: {e.response.get('Error', {}).get('Message', '')}" if hasattr(e, "response") else repr(e)
+        why = _code(e) if hasattr(e, "response") else repr(e)
+        message = str(getattr(e, "response", {}).get("Error", {}).get("Message", "")).strip()
+        if message and "<" not in message:  # an HTML error page (a server without the route) says nothing more
+            why += f": {message.splitlines()[0][:200]}"
         return Change(
             resource,
             "unknown",
