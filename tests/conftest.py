@@ -60,3 +60,17 @@ def wait_for_path(path, timeout=30.0, error=AssertionError):
 def gate(path, timeout=30.0):
     """Run remotely: wait until the test opens the gate by creating ``path``."""
     wait_for_path(path, timeout, TimeoutError)
+
+
+def hold_the_gil(seconds):
+    """Run remotely: sleep in C with the GIL held, so the handler's watchdog thread cannot run and
+    only a kill from outside ends it (a C extension's busy loop does the same)."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return seconds
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds

@@ -19,7 +19,7 @@ from dask_wren.shipping import pickle_payload
 from lambda_worker import local_runtime, protocol, serialize
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.local import LocalStorage
-from tests.conftest import gate, wait_for_path
+from tests.conftest import gate, hold_the_gil, nap, wait_for_path
 from tests.test_handler import make_event, read
 from tests.test_s3_end_to_end import s3_endpoint  # noqa: F401  (fixture)
 
@@ -116,17 +116,6 @@ def test_failure_records_that_cannot_be_written_do_not_stop_the_pool(tmp_path, c
 # -- the pool's modes ------------------------------------------------------------------------------
 
 
-def hold_the_gil(seconds):
-    """Sleeps in C with the GIL held: the handler's watchdog thread cannot act, only a kill ends it."""
-    import ctypes
-
-    ctypes.PyDLL(None).sleep(int(seconds))
-    return seconds
-
-
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
 
 
 def sigkill(_):

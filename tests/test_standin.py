@@ -21,6 +21,7 @@ from dask_wren.testing import RuntimeAPIServer, RuntimeInitError, aws_standin
 from lambda_worker import protocol, serialize
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.s3 import S3Storage
+from tests.conftest import hold_the_gil, nap
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,18 +79,6 @@ def touch_and_square(arg):
     return x * x
 
 
-def hold_the_gil(seconds):
-    """Sleeps in C with the GIL held, so the handler's watchdog thread cannot run: only a kill
-    from outside ends it (a C extension's busy loop does the same)."""
-    import ctypes
-
-    ctypes.PyDLL(None).sleep(int(seconds))
-    return seconds
-
-
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
 
 
 def hog(megabytes):
