@@ -18,7 +18,8 @@ A. Invoke dispatch throughput from one host: 10,000 trivial calls, 20 ms injecte
    construction).  ``--e2e N`` adds an end-to-end run of the same map as shipped.
 B. A 1,000-call map end to end through the stand-in (64 threads, 20 ms latency, events run):
    time until all results are in, results checked, and storage requests per call (host requests
-   counted by a wrapper around the executor's store, plus each worker's own count).
+   counted by a wrapper around the executor's store, plus each worker's own count).  As on AWS,
+   preflight caps calls in flight at the function's concurrency: here the stand-in's ``--workers``.
 C. The same map with ``chunksize=10`` (``--c``; always in ``--quick``; left out of the full run by
    default, which is to stay under 3 minutes on a 2-core machine).
 D. Where the dispatch time goes (printed when A misses its target, or with ``--diagnose``): one boto3
@@ -178,12 +179,19 @@ def close(ex):
 # -- A: dispatch ------------------------------------------------------------------------------
 
 
+# The function is configured as `dask-wren deploy` configures one (no asynchronous retries: the
+# backend's preflight refuses a function that has them).  The endpoint runs none of these events
+# (drop_rate=1), so its one worker is not the concurrency the host should see: the account reports
+# MAX_CONCURRENCY, as an AWS account with that quota would, so preflight leaves max_concurrency
+# where the benchmark sets it and only the sender threads limit dispatch.
 _ENDPOINT_PROCESS = """
 import sys
 from dask_wren.testing.lambda_endpoint import LambdaEndpoint
-endpoint = LambdaEndpoint(workers=1).start()
-endpoint.add_function(sys.argv[1], timeout=300)
-endpoint.faults.set(drop_rate=1.0, invoke_latency=float(sys.argv[2]))
+name, latency, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+endpoint = LambdaEndpoint(workers=1, account_concurrency=concurrency).start()
+endpoint.add_function(name, timeout=300)
+endpoint.put_event_invoke_config(name, MaximumRetryAttempts=0)
+endpoint.faults.set(drop_rate=1.0, invoke_latency=latency)
 print(endpoint.url, flush=True)
 sys.stdin.read()  # until the benchmark closes our stdin
 """
@@ -194,7 +202,7 @@ def endpoint_process(function_name):
     """A Lambda endpoint in its own process, answering 202 after LATENCY and dropping the events:
     on AWS the invoke service is not on the host, so the host's CPU measures dispatch alone.
     Yields (its URL, its process id)."""
-    proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT_PROCESS, function_name, str(LATENCY)],
+    proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT_PROCESS, function_name, str(LATENCY), str(MAX_CONCURRENCY)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         yield proc.stdout.readline().strip(), proc.pid
@@ -227,7 +235,10 @@ def bench_dispatch(standin, n, threads, processes):
         storage = CountingStorage(make_storage(settings))
         ex = Executor(settings, storage=storage)
         try:
-            ex.backend.preflight()  # one GetFunctionConfiguration, before the clock starts
+            ex.backend.preflight()  # the function's configuration and concurrency, before the clock starts
+            if ex.backend.max_concurrency < MAX_CONCURRENCY:
+                raise RuntimeError(f"preflight capped calls in flight at {ex.backend.max_concurrency:,}: the "
+                                   f"endpoint should report a concurrency of {MAX_CONCURRENCY:,}")
             with ramp_lifted():
                 sent0 = ex.backend.sent
                 endpoint0 = proc_cpu(endpoint_pid)
@@ -296,6 +307,7 @@ def bench_end_to_end(standin, n, threads, chunksize=None, storage=None):
     return {
         "calls": n,
         "invocations": invocations,
+        "concurrency": ex.backend.max_concurrency,  # after preflight: the function's concurrency, if lower
         "map": t_map,
         "sent": t_sent,
         "rate": invocations / t_sent,
@@ -491,7 +503,8 @@ def print_e2e(label, r, n):
           f"returned after {r['map']:.2f} s; {r['done_at_sent']:,} results already in); all {n:,} results in after "
           f"{r['all']:.2f} s ({r['calls_per_s']:,.0f} calls/s), checked: exact")
     if total:
-        print(f"      the scale-up ramp held the queue back in {lo} of {total} samples taken while sending; "
+        print(f"      the scale-up ramp or the function's concurrency ({r['concurrency']:,} calls in flight at most, "
+              f"read by preflight) held the queue back in {lo} of {total} samples taken while sending; "
               f"host process busy {r['cores']:.2f} cores on average")
 
 
@@ -508,7 +521,7 @@ def main() -> int:
     parser.add_argument("--c", action="store_true",
                         help="run section C (always with --quick; off in the full run, which stays under 3 minutes)")
     parser.add_argument("--diagnose", action="store_true", help="run section D even if A meets its target")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes behind the stand-in (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes behind the stand-in: the concurrency B and C run at (default 2)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
