@@ -19,7 +19,7 @@ A. Invoke dispatch throughput from one host: 10,000 trivial calls, 20 ms injecte
 B. A 1,000-call map end to end through the stand-in (64 threads, 20 ms latency, events run):
    time until all results are in, results checked, and storage requests per call (host requests
    counted by a wrapper around the executor's store, plus each worker's own count).  As on AWS,
-   preflight caps calls in flight at the function's concurrency: here the stand-in's ``--workers``.
+   preflight caps invocations in flight at the function's concurrency: here the stand-in's ``--workers``.
 C. The same map with ``chunksize=10`` (``--c``; always in ``--quick``; left out of the full run by
    default, which is to stay under 3 minutes on a 2-core machine).
 D. Where the dispatch time goes (printed when A misses its target, or with ``--diagnose``): one boto3
@@ -129,10 +129,10 @@ def counting_connections():
 
 
 def ramp_state(backend):
-    """(calls in flight, the ramp's ceiling now) from the backend's state, or None if it changed shape."""
+    """(invocations in flight, the ramp's ceiling now) from the backend's state, or None if it changed shape."""
     try:
         start = backend._ramp_start
-        in_flight = backend._n_in_flight
+        in_flight = len(backend._in_flight)
     except AttributeError:
         return None
     if start is None:
@@ -237,7 +237,7 @@ def bench_dispatch(standin, n, threads, processes):
         try:
             ex.backend.preflight()  # the function's configuration and concurrency, before the clock starts
             if ex.backend.max_concurrency < MAX_CONCURRENCY:
-                raise RuntimeError(f"preflight capped calls in flight at {ex.backend.max_concurrency:,}: the "
+                raise RuntimeError(f"preflight capped invocations in flight at {ex.backend.max_concurrency:,}: the "
                                    f"endpoint should report a concurrency of {MAX_CONCURRENCY:,}")
             with ramp_lifted():
                 sent0 = ex.backend.sent
@@ -503,7 +503,7 @@ def print_e2e(label, r, n):
           f"returned after {r['map']:.2f} s; {r['done_at_sent']:,} results already in); all {n:,} results in after "
           f"{r['all']:.2f} s ({r['calls_per_s']:,.0f} calls/s), checked: exact")
     if total:
-        print(f"      the scale-up ramp or the function's concurrency ({r['concurrency']:,} calls in flight at most, "
+        print(f"      the scale-up ramp or the function's concurrency ({r['concurrency']:,} invocations in flight at most, "
               f"read by preflight) held the queue back in {lo} of {total} samples taken while sending; "
               f"host process busy {r['cores']:.2f} cores on average")
 
@@ -567,7 +567,7 @@ def main() -> int:
               "endpoint, in cores")
         ramp_floor = (calls - aws_backend._BURST) / aws_backend._RAMP_PER_S
         print("   note: the endpoint answered 202 and did not run these events, and the backend's scale-up ramp "
-              f"(aws._BURST={aws_backend._BURST:,} calls in flight, then +{aws_backend._RAMP_PER_S:g}/s, a call counting "
+              f"(aws._BURST={aws_backend._BURST:,} invocations in flight, then +{aws_backend._RAMP_PER_S:g}/s, a call counting "
               "until its result is in) was lifted for A"
               + (f"; as shipped, with no results back, {calls:,} invokes take >= {ramp_floor:.0f} s "
                  f"(<= {calls / ramp_floor:,.0f} invokes/s)" if ramp_floor > 0 else ""))

@@ -201,12 +201,14 @@ def test_a_lost_call_fails_after_its_timeout_and_grace(tmp_path):
         assert [e.get("attempt", 0) for e in client.invoked if e["calls"][0]["id"] == "000001"] == [0, 1, 2]
 
 
-def test_concurrency_cap_holds_calls_back(tmp_path):
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_concurrency_cap_holds_calls_back(tmp_path, chunksize):
+    """The cap counts invocations (Lambda's executions), whatever their number of calls."""
     client = FakeLambda()
     client.release.clear()
     ex, backend = make(tmp_path, client, max_concurrency=3)
     with ex:
-        futures = ex.map(square, range(10))
+        futures = ex.map(square, range(10 * chunksize), chunksize=chunksize)
         # three invocations are out; the rest wait for results to free room
         deadline = threading.Event()
         for _ in range(200):
@@ -215,7 +217,7 @@ def test_concurrency_cap_holds_calls_back(tmp_path):
             deadline.wait(0.01)
         assert len(client.invoked) == 3
         client.release.set()
-        assert dask_wren.get_all_results(futures) == [i * i for i in range(10)]
+        assert dask_wren.get_all_results(futures) == [i * i for i in range(10 * chunksize)]
     assert client.max_in_flight <= 3
 
 
@@ -239,7 +241,7 @@ def test_the_ramp_starts_afresh_after_the_backend_goes_idle(tmp_path):
         first = backend._ramp_start
         idle = threading.Event()
         for _ in range(500):  # the monitor tells the backend just after the future resolves
-            if backend._n_in_flight == 0:
+            if not backend._in_flight:
                 break
             idle.wait(0.01)
         ex.map(square, [2])[0].result()

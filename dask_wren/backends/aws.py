@@ -8,7 +8,7 @@ What AWS asks of a client, and where it is handled:
   ``wren.aws.throttle-timeout`` seconds before its calls fail with a clear error.  Its ``adaptive``
   mode is not the default: after a storm of 429s its client-side rate limiter falls towards half
   a request per second and recovers slowly, which stalled a 500-call map for minutes in our
-  fault tests; pacing here comes from the cap on calls in flight instead;
+  fault tests; pacing here comes from the cap on invocations in flight instead;
 - scale-up: AWS adds at most 1,000 execution environments per 10 s per function, so the calls in
   flight may grow by a burst of ``_BURST`` and then ``_RAMP_PER_S`` per second, never above
   ``wren.aws.max-concurrency``; a call stops counting once its result is in;
@@ -35,8 +35,9 @@ passed in (tests) cannot cross processes, so it is used from the sender threads 
 State (guarded by ``_cond``):
     queue      invocations accepted, not yet sent
     in_flight  request id -> (invocation, calls without a result yet, deadline)
-    ceiling    how many calls may be in flight now (the ramp)
-Sender threads take from ``queue`` while the calls in flight stay under the ceiling; a watchdog
+    ceiling    how many invocations may be in flight now (the ramp); Lambda counts concurrency
+               in executions, one per invocation whatever its number of calls
+Sender threads take from ``queue`` while the invocations in flight stay under the ceiling; a watchdog
 thread writes records for lost calls.
 """
 
@@ -140,7 +141,6 @@ class AWSLambdaBackend(ProgressListeners):
         self._cond = threading.Condition()
         self._queue: deque[Invocation] = deque()
         self._in_flight: dict[str, list[Any]] = {}  # request id -> [invocation, calls left, deadline]
-        self._n_in_flight = 0
         self._ramp_start: float | None = None
         self._threads: list[threading.Thread] = []
         self.deployment: Deployment | None = None
@@ -164,7 +164,7 @@ class AWSLambdaBackend(ProgressListeners):
         with self._cond:
             if self._closed:
                 raise RuntimeError("this AWS backend has been shut down")
-            if self._n_in_flight == 0 and not self._queue:
+            if not self._in_flight and not self._queue:
                 self._ramp_start = time.monotonic()  # idle: the next burst starts afresh
             self._queue.extend(invocations)
             self._start_threads()
@@ -187,7 +187,6 @@ class AWSLambdaBackend(ProgressListeners):
             if entry is None or call_id not in entry[1]:
                 return
             entry[1].discard(call_id)
-            self._n_in_flight -= 1
             if not entry[1]:
                 del self._in_flight[request_id]
             self._cond.notify_all()
@@ -257,8 +256,8 @@ class AWSLambdaBackend(ProgressListeners):
         concurrency = self._read_concurrency()
         if concurrency is not None and concurrency < self.max_concurrency:
             logger.info(
-                "dask-wren: the Lambda function %s can run %d invocations at once; calls in flight are capped "
-                "at %d instead of wren.aws.max-concurrency %d", name, concurrency, concurrency, self.max_concurrency,
+                "dask-wren: the Lambda function %s can run %d invocations at once; invocations in flight are "
+                "capped at %d instead of wren.aws.max-concurrency %d", name, concurrency, concurrency, self.max_concurrency,
             )
             self.max_concurrency = concurrency
         timeout = config.get("Timeout")
@@ -318,7 +317,7 @@ class AWSLambdaBackend(ProgressListeners):
             unreserved = limits.get("UnreservedConcurrentExecutions")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             logger.info(
-                "dask-wren: cannot read the account's Lambda concurrency (%s); calls in flight stay capped at "
+                "dask-wren: cannot read the account's Lambda concurrency (%s); invocations in flight stay capped at "
                 "wren.aws.max-concurrency %d", e, self.max_concurrency,
             )
             return None
@@ -400,13 +399,10 @@ class AWSLambdaBackend(ProgressListeners):
                     self._cond.wait(timeout=pause)
                     continue
                 if self._queue:
-                    inv = self._queue[0]
-                    calls = len(inv.call_ids) - len(inv.cancelled)
-                    if self._n_in_flight == 0 or self._n_in_flight + calls <= self._ceiling(time.monotonic()):
-                        self._queue.popleft()
-                        live = set(inv.call_ids) - inv.cancelled
-                        self._in_flight[inv.key] = [inv, live, None]
-                        self._n_in_flight += len(live)
+                    # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
+                    if len(self._in_flight) < self._ceiling(time.monotonic()):
+                        inv = self._queue.popleft()
+                        self._in_flight[inv.key] = [inv, set(inv.call_ids) - inv.cancelled, None]
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
                 else:
@@ -464,9 +460,7 @@ class AWSLambdaBackend(ProgressListeners):
             backoff = min(_THROTTLE_MAX_PAUSE, _THROTTLE_BASE_PAUSE * 2 ** min(self._throttle_streak, 10))
             pause = max(retry_after, random.uniform(backoff / 2, backoff))
             self._paused_until = max(self._paused_until, now + pause)
-            entry = self._in_flight.pop(inv.key, None)
-            if entry is not None:
-                self._n_in_flight -= len(entry[1])
+            self._in_flight.pop(inv.key, None)
             self._queue.appendleft(inv)
             self.throttled += 1
             self._cond.notify_all()
@@ -477,9 +471,7 @@ class AWSLambdaBackend(ProgressListeners):
             write_failure_records(inv, kind, message)
         finally:
             with self._cond:
-                entry = self._in_flight.pop(inv.key, None)
-                if entry is not None:
-                    self._n_in_flight -= len(entry[1])
+                self._in_flight.pop(inv.key, None)
                 self._cond.notify_all()
             self.notify()
 
@@ -497,7 +489,6 @@ class AWSLambdaBackend(ProgressListeners):
                         # Invoke the calls still without a result again; a late original and its
                         # retry cannot both count: the first result record written wins.
                         del self._in_flight[inv.key]
-                        self._n_in_flight -= len(entry[1])
                         retry.append(_retry_of(inv, left))
                 self._queue.extendleft(reversed(retry))
                 lost = [e[0] for e in overdue if e[0].key in self._in_flight]
