@@ -1,15 +1,36 @@
 """The executor: PyWren's ``map`` / ``call_async`` / ``reduce`` over a backend and a store.
 
-A map is one *job*: the function is pickled once (``func.pkl``), the arguments of each block of
-1,000 calls go into one object (``args/{shard}.pkl``) that each call reads by byte range, and
-calls are grouped ``chunksize`` at a time into invocations of the worker handler.  The monitor
-resolves the futures.
+Data flow (one ``map`` is one *job*)::
+
+    map(func, items) ──> pickle_payload (shipping.py) ──> storage: func.pkl, args/{shard}.pkl
+          │                                               (calls/*.json, env.json when large)
+          ├──> one WrenFuture per call, registered with the Monitor (before any invoke)
+          └──> backend.invoke([Invocation...]) ──> workers run lambda_handler, each call
+                                                   writes r/{shard}/{call_id} (one record)
+    Monitor thread: LIST r/ ──> read new records ──> future resolved ──> backend.call_done,
+                                                       the job's listener (wren_get)
+
+Who does what:
+- the **caller's thread** (``map``, ``reduce``): pickles, writes the job's objects, makes the
+  futures, registers them, invokes; a refused invoke fails the job's futures at once;
+- the **backend** (its own threads or processes): runs invocations; its progress listener wakes
+  the monitor when results may have appeared; for a worker it lost it writes the failure record
+  itself (local backend) or leaves the host's lost-call logic to (AWS);
+- the **monitor** (one thread per executor): the only reader of results; resolves futures,
+  fails every future of a job whose results cannot be listed;
+- **futures**: ``cancel()`` goes back to the executor, which tells the backend.
+
+A map's functions and arguments are pickled once per job: the arguments of each block of 1,000
+calls go into one object that each call reads by byte range, and calls are grouped
+``chunksize`` at a time into invocations.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 import json
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +45,8 @@ from dask_wren.monitor import Monitor
 from dask_wren.shipping import pickle_payload
 from lambda_worker import protocol, serialize
 from lambda_worker.storage import Storage
+
+logger = logging.getLogger("dask_wren")
 
 #: An event larger than this keeps its call list in storage (Lambda's async limit is 256 KiB).
 MAX_EVENT_BYTES = 200 * 1024
@@ -122,8 +145,8 @@ class Executor:
                     err = f.exception() if not f.cancelled() else RuntimeError(f"input {f!r} of reduce() was cancelled")
                     try:
                         out.set_exception(err)
-                    except Exception:
-                        pass
+                    except cf.InvalidStateError:  # cancelled meanwhile: nothing left to tell
+                        logger.debug("reduce %s: result cancelled before its input failed", job_id)
                     return
             spec = self.storage.spec()
             arg = [protocol.StorageRef(f.key) if f.storage.spec() == spec else f.result() for f in futures]
@@ -176,10 +199,6 @@ class Executor:
         self.backend.remove_progress_listener(self._listener)
         self.monitor.stop()
         self._finalizer()
-
-    def clean(self) -> None:
-        """Delete every object this executor has stored so far."""
-        _cleanup(self.storage, self.settings.prefix, self._jobs, True)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -324,8 +343,8 @@ def _cleanup(storage: Storage, prefix: str, jobs: list[str], enabled: bool) -> N
     for job_id in list(jobs):
         try:
             storage.delete_prefix(protocol.job_prefix(prefix, job_id))
-        except Exception:
-            pass  # best effort: the bucket lifecycle rule (AWS) or temp cleaner gets the rest
+        except Exception as e:  # best effort: the bucket lifecycle rule (AWS) or temp cleaner gets the rest
+            logger.warning("dask-wren: could not delete job %s from storage: %s", job_id, e)
         jobs.remove(job_id)
 
 

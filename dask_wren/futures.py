@@ -3,6 +3,17 @@
 An executor's monitor resolves its futures as result records appear.  A future can be pickled
 and loaded in another process that reaches the same storage; such a *detached* future reads its
 record from storage when asked.  Large results stay in storage until ``result()`` is called.
+
+A future's state (the stdlib's names, ``_state``):
+    PENDING     submitted; no record seen yet.  ``cancel()`` may still win
+    CANCELLED   cancelled before its record arrived (a late record is ignored); the backend was
+                told, so a queued call never starts and a running one is stopped where it can be
+    FINISHED    resolved from its record: a value (or, for a large result, its storage key: the
+                value loads on the first ``result()``) or an exception
+The Condition and the waiter/callback lists exist only once someone waits on the future or adds
+a callback (most futures of a Dask compute are never observed one by one); an unobserved future
+is finished under one module lock instead.  A *detached* future (unpickled elsewhere) has no
+monitor: ``done()``/``result()`` look for its record in storage themselves.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ ALWAYS = "ALWAYS"
 
 _NOT_LOADED = object()
 _CONDITION_LOCK = threading.Lock()  # creates each future's Condition exactly once
-_DONE_STATES = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
+_CANCELLED_STATES = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
+_DONE_STATES = (*_CANCELLED_STATES, cf._base.FINISHED)
 _DETACHED_POLL = (0.005, 0.5)  # first and longest pause between storage checks of a detached future
 
 
@@ -159,7 +171,7 @@ class WrenFuture(cf.Future):
         return self._state in _DONE_STATES
 
     def cancelled(self) -> bool:
-        return self._state in _DONE_STATES[:2]
+        return self._state in _CANCELLED_STATES
 
     def succeeded(self) -> bool:
         return self.done() and not self.cancelled() and self.exception() is None

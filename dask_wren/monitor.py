@@ -4,6 +4,15 @@ One background thread per executor.  Each round lists the result prefix of every
 has unresolved futures (one LIST finds many results) and fetches each new record once: the whole
 record when it is small, only its header when the payload should stay in storage.  Backends hint
 when results may have appeared, so the local backend is not slowed to the polling interval.
+
+State (guarded by ``_lock``; the monitor thread is the only one that reads storage):
+    jobs     job id -> ``_Watched``: the result prefix, the futures still unresolved, the call
+             ids already seen, and ``low``, below which every call id was seen, so a listing
+             starts after it (results of a job are keys in call order)
+A job leaves ``jobs`` when its last future resolves, or when its listing failed
+``_LIST_FAILURES_ALLOWED`` rounds in a row: then every future of the job fails with the
+``StorageError`` rather than waiting forever.  Each round's resolved futures go to
+``on_resolved`` as one batch per job.
 """
 
 from __future__ import annotations
