@@ -34,7 +34,11 @@ passed in (tests) cannot cross processes, so it is used from the sender threads 
 
 State (guarded by ``_cond``):
     queue      invocations accepted, not yet sent
-    in_flight  request id -> (invocation, calls without a result yet, deadline)
+    in_flight  first request id -> ``_InFlight``: the invocation, its calls without a result yet,
+               and its deadline (``None`` until Lambda accepted the invoke; then the call's
+               timeout plus the grace, after which the watchdog retries or fails the calls).
+               An entry goes (``_forget``) when its last call is done, when it is throttled
+               (back to the queue), lost (failure records written) or retried (a new entry)
     ceiling    how many invocations may be in flight now (the ramp); Lambda counts concurrency
                in executions, one per invocation whatever its number of calls
 Sender threads take from ``queue`` while the invocations in flight stay under the ceiling; a watchdog
@@ -93,6 +97,15 @@ def host_versions() -> dict[str, str]:
     }
 
 
+@dataclass
+class _InFlight:
+    """An invocation sent (or being sent) to Lambda: it counts against the ceiling until forgotten."""
+
+    invocation: Invocation
+    calls_left: set[str]  # its calls without a result yet
+    deadline: float | None = None  # time.monotonic(); None until Lambda accepted the invoke
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What the preflight read of the deployed function, once per backend."""
@@ -140,7 +153,7 @@ class AWSLambdaBackend(ProgressListeners):
         self._pool_lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: deque[Invocation] = deque()
-        self._in_flight: dict[str, list[Any]] = {}  # request id -> [invocation, calls left, deadline]
+        self._in_flight: dict[str, _InFlight] = {}  # first request id -> entry
         self._ramp_start: float | None = None
         self._threads: list[threading.Thread] = []
         self.deployment: Deployment | None = None
@@ -177,19 +190,20 @@ class AWSLambdaBackend(ProgressListeners):
                 return
             entry = self._in_flight.get(request_id)
             if entry is not None:
-                entry[0].cancelled.add(call_id)
+                entry.invocation.cancelled.add(call_id)
         self.call_done(request_id, call_id)
 
     def call_done(self, request_id: str, call_id: str) -> None:
         """A call's result is in (or it no longer matters): it stops counting as in flight."""
         with self._cond:
             entry = self._in_flight.get(request_id)
-            if entry is None or call_id not in entry[1]:
+            if entry is None or call_id not in entry.calls_left:
                 return
-            entry[1].discard(call_id)
-            if not entry[1]:
-                del self._in_flight[request_id]
-            self._cond.notify_all()
+            entry.calls_left.discard(call_id)
+            if entry.calls_left:
+                self._cond.notify_all()
+            else:
+                self._forget(request_id)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -402,7 +416,7 @@ class AWSLambdaBackend(ProgressListeners):
                     # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
                     if len(self._in_flight) < self._ceiling(time.monotonic()):
                         inv = self._queue.popleft()
-                        self._in_flight[inv.key] = [inv, set(inv.call_ids) - inv.cancelled, None]
+                        self._in_flight[inv.first_request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
                 else:
@@ -438,16 +452,22 @@ class AWSLambdaBackend(ProgressListeners):
             self._throttle_streak = 0
             with self._cond:
                 self.sent += 1
-                entry = self._in_flight.get(inv.key)
+                entry = self._in_flight.get(inv.first_request_id)
                 if entry is not None:
-                    entry[2] = time.monotonic() + inv.timeout + self.grace
+                    entry.deadline = time.monotonic() + inv.timeout + self.grace
+
+    def _forget(self, request_id: str) -> None:
+        """The invocation filed as ``request_id`` no longer counts as in flight (hold ``_cond``):
+        the senders may have room again."""
+        self._in_flight.pop(request_id, None)
+        self._cond.notify_all()
 
     def _throttled(self, inv: Invocation, error: botocore.exceptions.ClientError) -> bool:
         """botocore gave up on a throttled invoke (its retry quota ran out in a storm): pause all
         senders with jittered exponential backoff, honouring Retry-After, and send it again.
         False once the invocation has been throttled for longer than ``throttle_timeout``."""
         now = time.monotonic()
-        first = self._throttled_since.setdefault(inv.key, now)
+        first = self._throttled_since.setdefault(inv.first_request_id, now)
         if now - first > self.throttle_timeout:
             return False
         headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -460,10 +480,9 @@ class AWSLambdaBackend(ProgressListeners):
             backoff = min(_THROTTLE_MAX_PAUSE, _THROTTLE_BASE_PAUSE * 2 ** min(self._throttle_streak, 10))
             pause = max(retry_after, random.uniform(backoff / 2, backoff))
             self._paused_until = max(self._paused_until, now + pause)
-            self._in_flight.pop(inv.key, None)
             self._queue.appendleft(inv)
             self.throttled += 1
-            self._cond.notify_all()
+            self._forget(inv.first_request_id)
         return True
 
     def _lost(self, inv: Invocation, kind: str, message: str) -> None:
@@ -471,8 +490,7 @@ class AWSLambdaBackend(ProgressListeners):
             write_failure_records(inv, kind, message)
         finally:
             with self._cond:
-                self._in_flight.pop(inv.key, None)
-                self._cond.notify_all()
+                self._forget(inv.first_request_id)
             self.notify()
 
     def _watchdog(self) -> None:
@@ -481,19 +499,17 @@ class AWSLambdaBackend(ProgressListeners):
                 if self._closed:
                     return
                 now = time.monotonic()
-                overdue = [e for e in self._in_flight.values() if e[2] is not None and now > e[2]]
+                overdue = [e for e in self._in_flight.values() if e.deadline is not None and now > e.deadline]
                 retry = []
                 for entry in overdue:
-                    inv, left = entry[0], entry[1] - entry[0].cancelled
+                    inv, left = entry.invocation, entry.calls_left - entry.invocation.cancelled
                     if inv.attempt < self.retries and left:
                         # Invoke the calls still without a result again; a late original and its
                         # retry cannot both count: the first result record written wins.
-                        del self._in_flight[inv.key]
+                        self._forget(inv.first_request_id)
                         retry.append(_retry_of(inv, left))
                 self._queue.extendleft(reversed(retry))
-                lost = [e[0] for e in overdue if e[0].key in self._in_flight]
-                if retry:
-                    self._cond.notify_all()
+                lost = [e.invocation for e in overdue if e.invocation.first_request_id in self._in_flight]
                 self._cond.wait(timeout=min(1.0, max(0.05, self.grace / 4)))
             for inv in lost:
                 self._lost(

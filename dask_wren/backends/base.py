@@ -27,15 +27,15 @@ class Invocation:
     origin: str | None = None  # the request id of the first attempt
 
     @property
-    def key(self) -> str:
-        """The request id the calls are filed under (the first attempt's, which futures know)."""
+    def first_request_id(self) -> str:
+        """The request id the calls are filed under: the first attempt's, which futures know."""
         return self.origin or self.request_id
 
 
 def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:
     """Drop ``call_id`` from the queued invocation filed as ``request_id``; False if not queued."""
     for inv in queue:
-        if inv.key == request_id:
+        if inv.first_request_id == request_id:
             inv.cancelled.add(call_id)
             if inv.cancelled >= set(inv.call_ids):
                 queue.remove(inv)
