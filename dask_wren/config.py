@@ -15,6 +15,8 @@ from typing import Any
 import dask.config
 import yaml
 
+from dask_wren.errors import ConfigError
+
 _DEFAULTS = os.path.join(os.path.dirname(__file__), "wren.yaml")
 with open(_DEFAULTS) as _f:
     dask.config.update_defaults(yaml.safe_load(_f))
@@ -71,24 +73,24 @@ class Settings:
 
     def validate(self) -> None:
         if self.backend not in ("local", "aws"):
-            raise ValueError(f"wren.backend must be 'local' or 'aws', not {self.backend!r}")
+            raise ConfigError(f"wren.backend must be 'local' or 'aws', not {self.backend!r}")
         if self.storage not in ("local", "s3"):
-            raise ValueError(f"wren.storage.kind must be 'local' or 's3', not {self.storage!r}")
+            raise ConfigError(f"wren.storage.kind must be 'local' or 's3', not {self.storage!r}")
         if self.backend == "aws" and self.storage != "s3":
-            raise ValueError(
+            raise ConfigError(
                 "the aws backend needs S3 storage: set wren.storage.kind to 's3' and wren.storage.bucket "
                 "(`dask-wren deploy` writes both), or pass storage='s3', bucket=..."
             )
         if self.storage == "s3" and not self.bucket:
-            raise ValueError("S3 storage needs a bucket: set wren.storage.bucket (or bucket=...)")
+            raise ConfigError("S3 storage needs a bucket: set wren.storage.bucket (or bucket=...)")
         if not self.timeout or self.timeout <= 0:
-            raise ValueError(f"wren.timeout must be a positive number of seconds, not {self.timeout!r}")
+            raise ConfigError(f"wren.timeout must be a positive number of seconds, not {self.timeout!r}")
         if self.chunksize < 1:
-            raise ValueError(f"chunksize must be at least 1, not {self.chunksize!r}")
+            raise ConfigError(f"chunksize must be at least 1, not {self.chunksize!r}")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"wren.local.workers must be at least 1, not {self.workers!r}")
+            raise ConfigError(f"wren.local.workers must be at least 1, not {self.workers!r}")
         if not isinstance(self.invoker_processes, int) or self.invoker_processes < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"wren.aws.invoker-processes must be a whole number >= 0 (0: send invokes from threads in "
                 f"this process), not {self.invoker_processes!r}"
             )

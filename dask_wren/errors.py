@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from lambda_worker.errors import WrenError
 
-class WrenError(Exception):
-    """Base class of dask-wren's own errors."""
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "RemoteError",
+    "SerializationError",
+    "VersionMismatchError",
+    "WorkerDiedError",
+    "WrenError",
+    "WrenTimeoutError",
+]
+
+
+class ConfigError(WrenError, ValueError):
+    """A setting has a value dask-wren cannot work with (a ``ValueError`` too)."""
 
 
 class SerializationError(WrenError, TypeError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
+from lambda_worker.errors import WrenError
 
-class StorageError(RuntimeError):
+
+class StorageError(WrenError, RuntimeError):
     """A storage request failed for a reason the user can act on (bucket, permissions, disk)."""
 
 

@@ -1,0 +1,12 @@
+"""The base class of dask-wren's own errors, host and worker side alike.
+
+It lives here, on the worker side, because the worker never imports ``dask_wren``;
+``dask_wren.errors`` re-exports it, so ``except dask_wren.WrenError`` also catches the errors the
+worker side defines (``StorageError`` and its kinds).
+"""
+
+from __future__ import annotations
+
+
+class WrenError(Exception):
+    """Base class of dask-wren's own errors."""
