@@ -120,8 +120,11 @@ class Executor:
         limit = self.settings.map_item_limit
         if len(items) > limit:
             raise ValueError(
-                f"map() of {len(items):,} items exceeds wren.map-item-limit ({limit:,}); "
-                "batch the items (chunksize= or fewer, larger items) or raise the limit"
+                f"map() of {len(items):,} items exceeds wren.map-item-limit ({limit:,}), which counts "
+                "items whatever the chunksize: split the work into several map() calls, or pass fewer, "
+                "larger items (each a list of items that the function loops over), or raise the limit: "
+                f"dask.config.set({{'wren.map-item-limit': {len(items)}}}) or default_executor("
+                f"map_item_limit={len(items)})"
             )
         return self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout)
 
