@@ -4,7 +4,8 @@ A worker imports only installed packages: it does not see the host's working dir
 ``sys.path`` additions, a notebook or a ``python -c`` session.  cloudpickle already pickles
 ``__main__`` by value; any other module the function or its arguments refer to that a clean
 interpreter could not import (the user's own ``analysis.py``) is registered with cloudpickle
-to be pickled by value too.  Installed packages stay references.
+to be pickled by value too.  Installed packages stay references, and so do dask-wren's own
+packages, which every worker has (a worker is their code).
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ import tempfile
 import threading
 import types
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
 
 from dask_wren.errors import SerializationError
+from dask_wren.subprocesses import clean_environment, python_command
 from lambda_worker.serialize import PROTOCOL, shared_function
 
 _register_lock = threading.Lock()
+
+#: dask-wren's own packages: every worker imports them (they are the worker), so they never travel
+#: by value, even when the probe cannot tell (a checkout on ``sys.path`` beside a non-editable
+#: install).  Pickling them by value would also pickle the pickling machinery itself.
+NEVER_SHIPPED = frozenset({"dask_wren", "lambda_worker"})
 
 
 class _SharedFunctions:
@@ -101,25 +109,28 @@ def _dump(obj: Any, modules: set[str]) -> bytes:
     return buf.getvalue()
 
 
+# Started in an empty directory: without -P (before Python 3.11) its sys.path starts with "" for it.
 _PROBE = """
-import json, sys
+import json, os, sys
+here = os.getcwd()
+path = [p for p in sys.path if p and os.path.abspath(p) != here]
 kinds = [f if isinstance(f, type) else type(f) for f in sys.meta_path]
 finders = [k.__module__ + "." + k.__qualname__ for k in kinds]
-print(json.dumps({"path": sys.path[1:], "finders": finders}))
+print(json.dumps({"path": path, "finders": finders}))
 """
 
 
 @functools.cache
 def clean_interpreter() -> tuple[tuple[str, ...], frozenset[str]]:
-    """``sys.path`` and meta-path finder types of a fresh interpreter started in an empty directory.
+    """``sys.path`` and meta-path finder types of a clean interpreter, started as workers are
+    (``dask_wren.subprocesses``), in an empty directory.
 
     Finders matter because editable installs are found by a finder that a ``.pth`` file sets up,
     while finders that only this process added (pytest's, an IDE's) must not count.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     with tempfile.TemporaryDirectory() as empty:
         out = subprocess.run(
-            [sys.executable, "-c", _PROBE], cwd=empty, env=env, capture_output=True, text=True, check=True
+            python_command("-c", _PROBE), cwd=empty, env=clean_environment(), capture_output=True, text=True, check=True
         ).stdout
     found = json.loads(out)
     return tuple(found["path"]), frozenset(found["finders"])
@@ -163,6 +174,8 @@ def needs_shipping(name: str) -> bool:
     if mod is None or name == "__main__":
         return False  # __main__ is pickled by value by cloudpickle itself
     top = name.partition(".")[0]
+    if top in NEVER_SHIPPED:
+        return False
     top_mod = sys.modules.get(top, mod)
     origin = getattr(top_mod, "__file__", None)
     return not _installed(top, origin)
@@ -194,32 +207,60 @@ def pickle_payload(
     exclude = set(exclude_modules)
     ship = {m for m in include_modules if m not in exclude}
     for m in ship:
+        if m.partition(".")[0] in NEVER_SHIPPED:
+            raise ValueError(f"include_modules names {m!r}: dask-wren's own packages are on every worker and never travel by value")
         if m not in sys.modules:
             raise ValueError(f"include_modules names {m!r}, which is not imported in this process")
-    arg_bytes: list[bytes] | None = None
+    # 1. The arguments, pickled again while they meet modules newly found to need shipping (a
+    #    class of a shipped module refers to another local module).  The functions they refer to
+    #    go into ``shared``, pickled with the function below, not with every argument.
     while True:
-        with _register_lock:
-            registered = []
-            try:
-                for m in sorted(ship):
-                    cloudpickle.register_pickle_by_value(sys.modules[m])
-                    registered.append(m)
-                if arg_bytes is None:
-                    arg_modules: set[str] = set()
-                    shared = _SharedFunctions()
-                    arg_bytes = _dump_each(args, arg_modules, shared)
-                func_modules: set[str] = set()
-                job_function = (func, shared.token, shared.functions)
-                func_bytes = _dump_named(job_function, func_modules, _describe_func(func))
-            finally:
-                for m in registered:
-                    cloudpickle.unregister_pickle_by_value(sys.modules[m])
-        new = _to_ship(arg_modules | func_modules, ship, exclude)
+        shared = _SharedFunctions()
+        arg_bytes, modules = _pickle_arguments(args, shared, ship)
+        new = _to_ship(modules, ship, exclude)
         if not new:
-            return PickledPayload(func_bytes, arg_bytes, sorted(ship))
-        if new & _to_ship(arg_modules, set(), exclude):
-            arg_bytes = None  # the arguments refer to those modules themselves (a class, say)
+            break
         ship |= new
+    # 2. The function and the shared functions, again while they meet new modules to ship.  Those
+    #    never concern the arguments: every module the arguments meet that needs shipping is in
+    #    ``ship`` already.
+    while True:
+        func_bytes, modules = _pickle_function(func, shared, ship)
+        new = _to_ship(modules, ship, exclude)
+        if not new:
+            break
+        ship |= new
+    return PickledPayload(func_bytes, arg_bytes, sorted(ship))
+
+
+@contextmanager
+def _by_value(ship: set[str]) -> Iterator[None]:
+    """Have cloudpickle pickle the modules ``ship`` by value while the block runs (one thread at a
+    time: the registration is cloudpickle's global state)."""
+    with _register_lock:
+        registered = []
+        try:
+            for m in sorted(ship):
+                cloudpickle.register_pickle_by_value(sys.modules[m])
+                registered.append(m)
+            yield
+        finally:
+            for m in registered:
+                cloudpickle.unregister_pickle_by_value(sys.modules[m])
+
+
+def _pickle_arguments(args: Sequence[Any], shared: _SharedFunctions, ship: set[str]) -> tuple[list[bytes], set[str]]:
+    """Each argument's bytes, with ``ship`` by value and functions into ``shared``; the modules met."""
+    modules: set[str] = set()
+    with _by_value(ship):
+        return _dump_each(args, modules, shared), modules
+
+
+def _pickle_function(func: Any, shared: _SharedFunctions, ship: set[str]) -> tuple[bytes, set[str]]:
+    """The bytes of ``func`` with the table ``shared``, with ``ship`` by value; the modules met."""
+    modules: set[str] = set()
+    with _by_value(ship):
+        return _dump_named((func, shared.token, shared.functions), modules, _describe_func(func)), modules
 
 
 def _to_ship(modules: set[str], ship: set[str], exclude: set[str]) -> set[str]:

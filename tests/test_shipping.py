@@ -9,6 +9,7 @@ what is not, and what fails before anything is invoked.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import json
 import operator
 import os
@@ -18,6 +19,8 @@ import textwrap
 import threading
 import uuid
 
+import dask
+import dask.bag as db
 import numpy as np
 import pytest
 
@@ -503,3 +506,63 @@ def test_function_defined_in_a_test_module_is_shipped(ex):
     assert get_all_results(futures) == [2, 4]
     assert __name__ in futures[0].stats["shipped_modules"]
 
+
+
+# -- dask-wren's own packages never travel by value --------------------------------------------
+# A checkout of this repository on sys.path while dask-wren is installed non-editable elsewhere:
+# the probe's clean interpreter then "cannot import" lambda_worker from the checkout's place.
+
+
+@pytest.fixture
+def own_packages_look_uninstalled(monkeypatch):
+    from dask_wren import shipping
+
+    path, finders = shipping.clean_interpreter()
+    path = tuple(p for p in path if not os.path.exists(os.path.join(p, "lambda_worker")))
+    finders = frozenset(f for f in finders if "editable" not in f.lower())
+    monkeypatch.setattr(shipping, "clean_interpreter", lambda: (path, finders))
+    shipping._installed.cache_clear()
+    assert importlib.machinery.PathFinder.find_spec("lambda_worker", list(path)) is None
+    yield shipping
+    shipping._installed.cache_clear()
+
+
+def test_dask_wrens_own_packages_never_travel_by_value(own_packages_look_uninstalled, ex, local_modules):
+    shipping = own_packages_look_uninstalled
+    assert not shipping.needs_shipping("lambda_worker")
+    assert not shipping.needs_shipping("dask_wren")
+    total = ex.reduce(sum, ex.map(abs, [-1, -2]))  # its arguments are lambda_worker StorageRefs
+    assert total.result(timeout=30) == 3
+    assert total.stats["shipped_modules"] == []
+    bag = db.from_sequence([-1, -2, -3], npartitions=3).map(abs).sum()  # tasks run lambda_worker code
+    assert dask.compute(bag, scheduler=dask_wren.wren_get, executor=ex) == (6,)
+    with pytest.raises(ValueError, match="never travel"):
+        ex.map(abs, [1], include_modules=["lambda_worker"])
+    # the user's own modules still travel
+    name = local_modules.unique("mystillshipped")
+    local_modules.write(f"{name}.py", "def neg(x):\n    return -x\n")
+    futures = ex.map(local_modules.load(name).neg, [1])
+    assert get_all_results(futures) == [-1]
+    assert futures[0].stats["shipped_modules"] == [name]
+
+
+def test_the_probe_starts_its_interpreter_as_the_workers_start_theirs(monkeypatch, tmp_path):
+    """One way to start clean interpreters (dask_wren.subprocesses): no PYTHONHOME, PYTHONPATH or
+    start directory; the probe reports the whole sys.path that such an interpreter has."""
+    from dask_wren import shipping, subprocesses
+
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-such-home"))  # a worker never sees it
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    shipping.clean_interpreter.cache_clear()
+    try:
+        path, finders = shipping.clean_interpreter()
+    finally:
+        shipping.clean_interpreter.cache_clear()
+    worker_path = subprocess.run(
+        subprocesses.python_command("-c", "import json, sys; print(json.dumps(sys.path))"),
+        cwd=tmp_path, env=subprocesses.clean_environment(), capture_output=True, text=True, check=True,
+    ).stdout
+    assert list(path) == [p for p in json.loads(worker_path) if p and p != str(tmp_path)]
+    assert str(tmp_path) not in path
+    assert os.path.dirname(os.__file__) in path
+    assert "_frozen_importlib_external.PathFinder" in finders
