@@ -47,8 +47,6 @@ thread writes records for lost calls.
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import json
 import logging
 import os
@@ -63,7 +61,7 @@ import boto3
 import botocore.exceptions
 
 from dask_wren.backends import aws_invoker
-from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, write_failure_records
+from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
 from dask_wren.config import Settings
 from dask_wren.errors import BackendError, VersionMismatchError
 from lambda_worker import protocol, serialize
@@ -204,6 +202,10 @@ class AWSLambdaBackend(ProgressListeners):
                 self._cond.notify_all()
             else:
                 self._forget(request_id)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def shutdown(self) -> None:
         with self._cond:
@@ -535,36 +537,18 @@ def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:
     )
 
 
-_shared: dict[str, AWSLambdaBackend] = {}
-_shared_lock = threading.Lock()
-
-
 def shared_aws_backend(settings: Settings) -> AWSLambdaBackend:
     """One backend per function configuration for the whole process.
 
-    Executors come and go (``wren_get`` makes one per compute) and do not shut their backend
-    down; sharing keeps one set of sender threads and invoker processes instead of a new set per
+    Sharing keeps one set of sender threads and invoker processes instead of a new set per
     executor, and one in-flight cap and scale-up ramp per function, as AWS counts them.  A backend
-    made under other AWS environment variables (credentials, profile) is not reused.
+    made under other AWS environment variables (credentials, profile) is not reused: those are
+    what its clients read (its invoker processes inherit the rest too, which changes nothing they send).
     """
-    fields = (
+    config = (
         settings.function_name, settings.aws_region, settings.region, settings.lambda_endpoint_url,
         settings.retry_mode, settings.invoke_max_attempts, settings.invoke_threads, settings.invoker_processes,
         settings.max_concurrency, settings.lost_call_grace, settings.lost_call_retries, settings.throttle_timeout,
     )
-    aws_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
-    key = hashlib.sha256(json.dumps([fields, aws_env], default=str).encode()).hexdigest()  # no secret kept in clear
-    with _shared_lock:
-        backend = _shared.get(key)
-        if backend is None or backend._closed:
-            backend = _shared[key] = AWSLambdaBackend(settings)
-        return backend
-
-
-@atexit.register
-def _shutdown_shared() -> None:
-    with _shared_lock:
-        backends = list(_shared.values())
-        _shared.clear()
-    for backend in backends:
-        backend.shutdown()
+    aws_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    return shared_backend("aws", config, aws_env, lambda: AWSLambdaBackend(settings))

@@ -32,11 +32,11 @@ from __future__ import annotations
 import atexit
 import itertools
 import json
+import logging
 import os
 import pickle
 import struct
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -50,6 +50,8 @@ _DIED = -1  # parent side only: the child died before answering
 _RESENDS = 2  # times one request is sent again after its child died
 _START_TIMEOUT = 60.0  # seconds a child may take to build its client
 _CLOSE_WAIT = 5.0
+
+logger = logging.getLogger("dask_wren")
 
 # Loads this file by path under its own name and runs main(); argv[1]: this file, argv[2]: the
 # child's configuration as JSON.
@@ -212,12 +214,13 @@ class _Child:
         self.alive = True
         self.ready = threading.Event()
         self.failure: str | None = None  # why it could not start
-        cmd = [sys.executable]
-        if sys.version_info >= (3, 11):
-            cmd.append("-P")  # no current directory on sys.path: PYTHONPATH below is the parent's
-        cmd += ["-c", _BOOTSTRAP, os.path.abspath(__file__), pool.config_json]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=1 << 16)
+        # Imported here, in the parent: at module level it would import the package into every child.
+        from dask_wren.subprocesses import host_path_environment, python_command
+
+        self.proc = subprocess.Popen(
+            python_command("-c", _BOOTSTRAP, os.path.abspath(__file__), pool.config_json),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=host_path_environment(), bufsize=1 << 16,
+        )
         self.reader = threading.Thread(target=self._read, name=f"dask-wren-invoker-{self.proc.pid}", daemon=True)
         self.reader.start()
 
@@ -256,8 +259,8 @@ class _Child:
                     slot = self.pending.pop(request_id, None)
                 if slot is not None:
                     slot.set(kind, body)
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as e:  # the pipe broke or was closed: the child is gone either way
+            logger.debug("dask-wren invoker %d: its reply pipe failed: %s", self.proc.pid, e)
         self._died()
 
     def _died(self) -> None:
@@ -278,7 +281,7 @@ class _Child:
         try:
             self.proc.stdin.close()
         except OSError:
-            pass
+            pass  # a pipe to a dead child: closing it was all that was asked
 
 
 class InvokerPool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from lambda_worker import protocol
 from lambda_worker.storage import storage_from_spec
@@ -85,6 +88,51 @@ class Backend(Protocol):
         """``listener()`` is called whenever results may have appeared (a hint, not a promise)."""
 
     def remove_progress_listener(self, listener: Callable[[], None]) -> None: ...
+
+    def shutdown(self) -> None:
+        """Stop its threads and processes; invocations not yet started are dropped."""
+
+
+class _Shareable(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+
+_B = TypeVar("_B", bound=_Shareable)
+_shared: dict[str, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_backend(kind: str, config: Sequence[Any], environment: Mapping[str, str], make: Callable[[], _B]) -> _B:
+    """The process's one backend of ``kind`` for ``config`` and ``environment``; ``make()`` builds it.
+
+    Executors come and go (``wren_get`` makes one per compute) and do not shut their backend
+    down: sharing keeps one set of threads and processes per configuration.  ``environment`` is
+    what the backend's processes and clients see, so a changed environment (new credentials, say)
+    gets a new backend rather than one that cannot see it.  The key is a digest: no secret is kept
+    in clear.  A backend that was shut down is replaced; the rest are shut down at exit.
+    """
+    key = hashlib.sha256(json.dumps([kind, list(config), sorted(environment.items())], default=str).encode()).hexdigest()
+    with _shared_lock:
+        backend = _shared.get(key)
+        if backend is None or backend.closed:
+            backend = _shared[key] = make()
+            # Registered again after each new backend: exit handlers run last-registered first, so
+            # the backends stop before the exit handlers of modules they imported run (the AWS
+            # invoker pools' closer), and their threads never see those closed under them.
+            atexit.unregister(_shutdown_shared_backends)
+            atexit.register(_shutdown_shared_backends)
+        return backend
+
+
+def _shutdown_shared_backends() -> None:
+    with _shared_lock:
+        backends = list(_shared.values())
+        _shared.clear()
+    for backend in backends:
+        backend.shutdown()
 
 
 def write_failure_records(inv: Invocation, kind: str, message: str) -> None:

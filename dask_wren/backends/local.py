@@ -38,7 +38,6 @@ worker's output goes to a log file whose tail is quoted when the worker dies.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
@@ -52,9 +51,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, write_failure_records
+from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
+from dask_wren.subprocesses import clean_environment, python_command
 from lambda_worker import protocol
 
 logger = logging.getLogger(__name__)
@@ -96,13 +97,9 @@ class _Worker:
         parent, child = socket.socketpair()
         self.log_path = os.path.join(log_dir, f"worker-{self.id}.log")
         self.log = open(self.log_path, "wb")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
-        cmd = [sys.executable]
-        if sys.version_info >= (3, 11):
-            cmd.append("-P")  # do not put the working directory on sys.path
-        cmd += ["-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name]
+        cmd = python_command("-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name)
         self.proc = subprocess.Popen(
-            cmd, cwd=log_dir, env=env, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            cmd, cwd=log_dir, env=clean_environment(), pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         child.close()
@@ -127,15 +124,15 @@ class _Worker:
         try:
             self.proc.kill()
         except ProcessLookupError:
-            pass
+            pass  # it is dead already: what kill() wants
 
     def close(self) -> None:
         self.conn.close()
         self.log.close()
         try:
             os.unlink(self.log_path)
-        except OSError:
-            pass
+        except OSError as e:  # the directory goes at shutdown anyway
+            logger.debug("dask-wren local backend: could not remove %s: %s", self.log_path, e)
 
 
 def describe_exit(code: int | None) -> str:
@@ -148,6 +145,34 @@ def describe_exit(code: int | None) -> str:
             name = f"signal {-code}"
         return f"was killed by {name} (exit code {code})"
     return f"exited with code {code}"
+
+
+# -- what other threads post to the dispatcher (``LocalBackend._inbox``) --------------------------
+
+
+@dataclass(frozen=True)
+class _Invoke:
+    invocations: list[Invocation]
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    request_id: str
+    call_id: str
+    acted: threading.Event  # set once the dispatcher has acted
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """Look again (the concurrency limit changed)."""
+
+
+@dataclass(frozen=True)
+class _Shutdown:
+    pass
+
+
+_Message = _Invoke | _Cancel | _Wake | _Shutdown
 
 
 class LocalBackend(ProgressListeners):
@@ -195,7 +220,7 @@ class LocalBackend(ProgressListeners):
         self.killed_memory = 0
         self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
         self._lock = threading.Lock()
-        self._inbox: deque[tuple] = deque()
+        self._inbox: deque[_Message] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._closed = False
@@ -221,13 +246,13 @@ class LocalBackend(ProgressListeners):
 
     def invoke(self, invocations: list[Invocation]) -> None:
         self.start()
-        self._post(("invoke", invocations))
+        self._post(_Invoke(invocations))
 
     def cancel(self, request_id: str, call_id: str) -> None:
         """Returns once the dispatcher has acted: a call waiting in a worker's pipe is withdrawn
         before the call ahead of it can finish and let it start."""
         acted = threading.Event()
-        self._post(("cancel", request_id, call_id, acted))
+        self._post(_Cancel(request_id, call_id, acted))
         if self._thread is not None and self._thread is not threading.current_thread():
             acted.wait(timeout=5)
 
@@ -237,11 +262,15 @@ class LocalBackend(ProgressListeners):
     def set_concurrency_limit(self, limit: int | None) -> None:
         """At most ``limit`` invocations run at once from now on (None: one per worker)."""
         self.concurrency_limit = limit
-        self._post(("wake",))
+        self._post(_Wake())
 
     def worker_pids(self) -> list[int]:
         """PIDs of the live worker processes (for diagnostics and tests)."""
         return [w.proc.pid for w in list(self._workers)]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def shutdown(self) -> None:
         with self._lock:
@@ -249,18 +278,18 @@ class LocalBackend(ProgressListeners):
                 return
             self._closed = True
             thread = self._thread
-        self._post(("shutdown",))
+        self._post(_Shutdown())
         if thread is not None:
             thread.join(timeout=10)
 
     # -- dispatcher thread ------------------------------------------------------------------
 
-    def _post(self, message: tuple) -> None:
+    def _post(self, message: _Message) -> None:
         self._inbox.append(message)
         try:
             self._wake_w.send(b"x")
-        except OSError:
-            pass
+        except OSError as e:  # the message waits in the inbox for the dispatcher's next look
+            logger.debug("dask-wren local backend: could not wake the dispatcher: %s", e)
 
     def _run(self) -> None:
         try:
@@ -274,7 +303,7 @@ class LocalBackend(ProgressListeners):
                         while self._wake_r.recv(4096):
                             pass
                     except BlockingIOError:
-                        pass
+                        pass  # drained: every wake-up byte is read
                     if not self._drain_inbox():
                         return
                 for w in list(self._workers):
@@ -287,7 +316,7 @@ class LocalBackend(ProgressListeners):
                 try:
                     w.conn.send(("exit",))
                 except OSError:
-                    pass
+                    pass  # that worker is gone already: the wait below reaps it
             for w in self._workers:
                 try:
                     w.proc.wait(timeout=2)
@@ -301,19 +330,18 @@ class LocalBackend(ProgressListeners):
     def _drain_inbox(self) -> bool:
         while self._inbox:
             message = self._inbox.popleft()
-            kind = message[0]
-            if kind == "shutdown":
+            if isinstance(message, _Shutdown):
                 return False
-            if kind == "invoke":
+            if isinstance(message, _Invoke):
                 if self._broken:
-                    for inv in message[1]:
+                    for inv in message.invocations:
                         self._failed(inv, "died", protocol.FAIL_WORKER_DIED, self._broken)
                     self.notify()
                 else:
-                    self._queue.extend(message[1])
-            elif kind == "cancel":
-                self._cancel(message[1], message[2])
-                message[3].set()
+                    self._queue.extend(message.invocations)
+            elif isinstance(message, _Cancel):
+                self._cancel(message.request_id, message.call_id)
+                message.acted.set()
         return True
 
     def _cancel(self, request_id: str, call_id: str) -> None:
@@ -487,10 +515,6 @@ class LocalBackend(ProgressListeners):
             self.notify()
 
 
-_shared: dict[tuple, LocalBackend] = {}
-_shared_lock = threading.Lock()
-
-
 def shared_local_backend(workers: int | None, memory_mb: int) -> LocalBackend:
     """One warm pool per configuration for the whole process, like one deployed Lambda function.
 
@@ -498,16 +522,10 @@ def shared_local_backend(workers: int | None, memory_mb: int) -> LocalBackend:
     say) gets a new pool rather than workers that cannot see it.
     """
     size = workers or os.cpu_count() or 1
-    key = (size, memory_mb, hash(frozenset(os.environ.items())))
-    with _shared_lock:
-        backend = _shared.get(key)
-        if backend is None or backend._closed:
-            backend = _shared[key] = LocalBackend(size, memory_mb)
-            backend.start()
+
+    def make() -> LocalBackend:
+        backend = LocalBackend(size, memory_mb)
+        backend.start()
         return backend
 
-
-@atexit.register
-def _shutdown_shared() -> None:
-    for backend in list(_shared.values()):
-        backend.shutdown()
+    return shared_backend("local", (size, memory_mb), clean_environment(), make)
