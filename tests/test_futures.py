@@ -224,10 +224,12 @@ def test_wait_modes_with_a_gated_call(ex, gate):
     assert done == [fast] and not_done == [gated]
     assert fast.result() == 10
 
-    began = time.monotonic()
+    # ALWAYS returns the current state, waiting for nothing: the gate is closed, so a wait for
+    # all or for any of [gated] would last until the call gave up on its gate and failed
     done, not_done = wait([fast, gated], return_when=ALWAYS)
-    assert time.monotonic() - began < 0.5  # returns at once, does not wait
     assert done == [fast] and not_done == [gated]
+    assert wait([gated], return_when=ALWAYS) == ([], [gated])
+    assert not gated.done()
 
     done, not_done = wait([gated, fast], return_when=ALL_COMPLETED, timeout=0.5)
     assert done == [fast] and not_done == [gated]  # input order is kept
@@ -468,12 +470,48 @@ def _bare_future():
     return dask_wren.WrenFuture(None, "prefix/job/r/000000", "job", "000000")
 
 
-def test_a_future_nobody_observes_finishes_without_a_condition():
+class _Conditions:
+    """Conditions the test controls, in place of ``threading.Condition``: ``made`` lists those the
+    test's own thread creates; ``waiting`` is set when a thread named ``waiter`` is about to block
+    in ``wait()``.  It is set holding the Condition's lock, which ``wait()`` releases only once the
+    thread is registered as a waiter: whoever takes the lock after that and notifies wakes it."""
+
+    def __init__(self):
+        self.made = []
+        self.waiting = threading.Event()
+        test_thread = threading.get_ident()
+        conditions = self
+
+        class Condition(threading.Condition):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                if threading.get_ident() == test_thread:
+                    conditions.made.append(self)
+
+            def wait(self, timeout=None):
+                if threading.current_thread().name == "waiter":
+                    conditions.waiting.set()
+                return super().wait(timeout)
+
+        self.Condition = Condition
+
+
+@pytest.fixture
+def conditions(monkeypatch):
+    c = _Conditions()
+    monkeypatch.setattr(threading, "Condition", c.Condition)
+    return c
+
+
+def test_a_future_nobody_observes_finishes_without_a_condition(conditions):
     f = _bare_future()
     assert not f.done() and not f.cancelled()
     f.set_result(None)
     assert f.done() and not f.cancelled() and f.exception() is None
-    assert "_cond" not in f.__dict__  # 100,000 scheduler futures create no Condition each
+    assert conditions.made == []  # 100,000 scheduler futures create no Condition each
+    observed = _bare_future()
+    observed.add_done_callback(lambda _: None)  # observed while pending: it needs its Condition now
+    assert len(conditions.made) == 1
     with pytest.raises(cf.InvalidStateError):
         f.set_result(None)  # the first outcome stands, as with the stdlib future
     calls = []
@@ -481,23 +519,23 @@ def test_a_future_nobody_observes_finishes_without_a_condition():
     assert calls == [f]
 
 
-def test_a_waiting_thread_is_woken_and_callbacks_run_once():
+def test_a_waiting_thread_is_woken_and_callbacks_run_once(conditions):
     f = _bare_future()
     calls = []
     f.add_done_callback(calls.append)
-    started = threading.Event()
     got = []
 
     def waiter():
-        started.set()
         got.append(f.exception(timeout=30))
 
-    t = threading.Thread(target=waiter)
+    t = threading.Thread(target=waiter, name="waiter")
     t.start()
-    started.wait()
+    # resolve only once the waiter is blocked in the future's wait: the wake-up path must run
+    assert conditions.waiting.wait(30), "the waiter never blocked on the future"
     error = ValueError("boom")
     f.set_exception(error)
     t.join(30)
+    assert not t.is_alive()
     assert got == [error] and calls == [f]
     assert cf.wait([f], timeout=0).done == {f}
 
