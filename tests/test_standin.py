@@ -320,16 +320,22 @@ def test_a_dropped_event_is_accepted_and_never_runs(aws, tmp_path):
 
 def test_start_delay_delays_the_start(aws):
     store = store_of(aws)
+    # the 202 does not wait for the start: delayed by an hour (past this module's end, so it never
+    # runs), the event is still accepted, and nothing has started
+    held, _ = make_event(store, square, [7])
+    aws.faults.start_delay = 3600.0
+    request_id = request_id_of(invoke_event(aws.lambda_client(), aws, held))
+    assert aws.executions(request_id) == [] and aws.faults.snapshot().run == 0
+    # the start comes once the delay has passed
     event, job = make_event(store, square, [8])
     aws.faults.start_delay = 1.0
     sent = time.time()
     invoke_event(aws.lambda_client(), aws, event)
-    answered = time.time() - sent
     header, value = wait_record(store, job, 0)
     assert value == 64
-    assert answered < 1.0  # the 202 does not wait for the start
     assert header["timings"]["worker_invoked"] - sent >= 1.0
-    assert aws.faults.counters.delayed == 1
+    counters = aws.faults.snapshot()
+    assert counters.delayed == 2 and counters.run == 1
 
 
 def test_invoke_latency_slows_the_answer(aws):
@@ -386,7 +392,9 @@ def test_an_event_past_the_function_timeout_is_killed_and_records_nothing(aws, f
     runs = aws.endpoint.wait_settled(request_id)
     assert [(r.attempt, r.outcome) for r in runs] == [(i, "timeout") for i in range(1 + retries)]
     for run in runs:
-        assert 1.0 <= run.ended - run.started < 5  # killed at the function's Timeout, not the event's
+        # killed at the function's Timeout (1 s), not the event's (60 s), and not before it
+        assert "past its timeout of 1 s" in run.detail, run.detail
+        assert run.ended - run.started >= 1.0
     assert len(aws.endpoint.executions(job_id=job, call_id=protocol.call_id_for(0))) == 1 + retries
     assert record(store, job, 0) is None
     counters = aws.faults.snapshot()
@@ -401,9 +409,10 @@ def test_the_workers_context_counts_down_from_the_function_timeout(aws, function
     (run,) = aws.endpoint.wait_settled(request_id)
     # The handler's watchdog saw the context's deadline (3 s, not the event's 60 s): it wrote its own
     # timeout record and ended the process before the stand-in's kill; to Lambda, a runtime exit.
-    assert run.outcome == "died" and run.ended - run.started < 3
+    assert run.outcome == "died"
     header, _ = record(store, job, 0)
     assert header["error"]["kind"] == protocol.FAIL_TIMEOUT
+    assert "the worker's own time limit" in header["error"]["message"], header["error"]["message"]
     assert aws.faults.snapshot().killed_timeout == 0
 
 
@@ -539,12 +548,15 @@ def test_runtime_api_speaks_the_protocol():
             return r, r.read()
 
         rid = server.submit({"a": 1})
+        asked = time.time()
         r, body = call("GET", "/invocation/next")
+        answered = time.time()
         assert r.status == 200 and json.loads(body) == {"a": 1}
         assert r.getheader("Lambda-Runtime-Aws-Request-Id") == rid
         assert r.getheader("Lambda-Runtime-Invoked-Function-Arn").endswith(":function:fn")
         assert r.getheader("Lambda-Runtime-Trace-Id").startswith("Root=1-")
-        assert 0 < int(r.getheader("Lambda-Runtime-Deadline-Ms")) / 1000 - time.time() <= 5
+        # the function's timeout (5 s) from when the invocation was handed out (whole milliseconds)
+        assert asked + 5 - 0.001 <= int(r.getheader("Lambda-Runtime-Deadline-Ms")) / 1000 <= answered + 5
         r, _ = call("POST", f"/invocation/{rid}/response", json.dumps({"b": 2}))
         assert r.status == 202 and server.wait_result(rid, timeout=5) == (True, {"b": 2})
         assert call("POST", f"/invocation/{rid}/response", b"{}")[0].status == 403
