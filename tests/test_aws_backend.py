@@ -3,6 +3,7 @@
 import io
 import json
 import threading
+import time
 
 import botocore.exceptions
 import pytest
@@ -81,6 +82,17 @@ class FakeLambda:
         with self.lock:
             self.in_flight -= 1
         lambda_handler(event, None)
+
+
+def eventually(condition, timeout=30.0):
+    """Poll until ``condition()`` holds (True) or ``timeout`` s pass (False): a bound against
+    hanging, generous on a loaded machine, not a measure of speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def make(tmp_path, client, **aws):
@@ -210,11 +222,7 @@ def test_concurrency_cap_holds_calls_back(tmp_path, chunksize):
     with ex:
         futures = ex.map(square, range(10 * chunksize), chunksize=chunksize)
         # three invocations are out; the rest wait for results to free room
-        deadline = threading.Event()
-        for _ in range(200):
-            if len(client.invoked) >= 3:
-                break
-            deadline.wait(0.01)
+        assert eventually(lambda: len(client.invoked) >= 3)
         assert len(client.invoked) == 3
         client.release.set()
         assert dask_wren.get_all_results(futures) == [i * i for i in range(10 * chunksize)]
@@ -238,12 +246,10 @@ def test_the_ramp_starts_afresh_after_the_backend_goes_idle(tmp_path):
     ex, backend = make(tmp_path, client)
     with ex:
         ex.map(square, [1])[0].result()
+        # private reads: the backend shows neither its ramp nor its in-flight count (no public view)
         first = backend._ramp_start
-        idle = threading.Event()
-        for _ in range(500):  # the monitor tells the backend just after the future resolves
-            if not backend._in_flight:
-                break
-            idle.wait(0.01)
+        # the monitor tells the backend just after the future resolves
+        assert eventually(lambda: not backend._in_flight)
         ex.map(square, [2])[0].result()
         assert backend._ramp_start is not None and backend._ramp_start > first
 
@@ -253,4 +259,5 @@ def test_a_refused_map_leaves_no_future_waiting(tmp_path):
     with ex:  # leaving the block waits for the executor's futures: none may be left pending
         with pytest.raises(dask_wren.BackendError):
             ex.map(square, range(3))
-    assert all(f.done() for f in ex._futures)
+    done, not_done = ex.wait(return_when=dask_wren.ALWAYS)  # every future the executor made
+    assert len(done) == 3 and not_done == []
