@@ -89,6 +89,16 @@ def resident_bytes(pid: int) -> int | None:
         return None
 
 
+def read_tail(path: str, limit: int) -> str:
+    """The last ``limit`` bytes of the file at ``path`` as text; empty if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:  # no log (never written, or removed): nothing to quote
+        return ""
+
+
 class _Worker:
     _ids = itertools.count()
 
@@ -113,12 +123,7 @@ class _Worker:
         return self.sent[0] if self.sent else None
 
     def log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(self.log_path) - _LOG_TAIL_BYTES))
-                return f.read().decode(errors="replace").strip()
-        except OSError:
-            return ""
+        return read_tail(self.log_path, _LOG_TAIL_BYTES)
 
     def kill(self) -> None:
         try:

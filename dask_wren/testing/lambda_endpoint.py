@@ -119,14 +119,15 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from dask_wren.backends.base import Invocation
-from dask_wren.backends.local import MEMORY_POLL_INTERVAL, LocalBackend, resident_bytes
+from dask_wren.backends.local import MEMORY_POLL_INTERVAL, LocalBackend, read_tail, resident_bytes
+from dask_wren.subprocesses import clean_environment, python_command
+from dask_wren.testing.loopback import LoopbackHandler, LoopbackServer
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +178,6 @@ class _Plan:
     latency: float = 0.0
 
 
-_FAULT_FIELDS = ("throttle_first", "throttle_rate", "duplicate_rate", "drop_rate", "start_delay", "crash_next", "invoke_latency")
-
-
 @dataclass
 class Faults:
     """Faults the endpoint injects into invoke requests.  Thread-safe; change them at any time.
@@ -223,17 +221,16 @@ class Faults:
 
     def set(self, **changes: Any) -> None:
         """Change several faults at once (atomically)."""
-        unknown = set(changes) - set(_FAULT_FIELDS) - {"seed"}
+        unknown = set(changes) - set(_FAULT_DEFAULTS) - {"seed"}
         if unknown:
-            raise TypeError(f"unknown fault(s) {sorted(unknown)}; known: {list(_FAULT_FIELDS)}")
+            raise TypeError(f"unknown fault(s) {sorted(unknown)}; known: {list(_FAULT_DEFAULTS)}")
         with self._lock:
             for name, value in changes.items():
                 setattr(self, name, value)
 
     def clear(self) -> None:
         """Inject nothing from now on (counters are kept)."""
-        defaults = Faults()
-        self.set(**{name: getattr(defaults, name) for name in _FAULT_FIELDS})
+        self.set(**_FAULT_DEFAULTS)
 
     def reset(self) -> None:
         """Clear all faults, zero the counters and restart the random choices from ``seed``."""
@@ -281,6 +278,10 @@ class Faults:
             if delay:
                 c.delayed += 1
             return _Plan(copies=copies, crash=crash, delay=delay, latency=latency)
+
+
+#: The faults (``Faults``' fields but ``seed`` and ``counters``) and their values when nothing is injected.
+_FAULT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Faults) if f.init and f.name not in ("seed", "counters")}
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -412,12 +413,6 @@ class _Delivery:
     crash: bool = False
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    endpoint: LambdaEndpoint
-
-
 class _Headers(dict):
     """Request headers by lower-cased name; ``get`` ignores case, as ``email.message.Message`` does."""
 
@@ -430,9 +425,8 @@ _MAX_HEADERS = 100
 _date_cache: tuple[int, str] = (0, "")
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
+class _RequestHandler(LoopbackHandler):
+    log_prefix = "lambda endpoint: "
 
     def parse_request(self) -> bool:
         """The request line and headers, without the ``email`` package: the stdlib's header parser
@@ -485,20 +479,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             _date_cache = (now, super().date_time_string(now))
         return _date_cache[1]
 
-    def do_GET(self) -> None:
-        self.server.endpoint._handle(self, "GET")
+    def do_PUT(self) -> None:  # event-invoke-config, concurrency
+        self.server.owner._handle(self, "PUT")
 
-    def do_POST(self) -> None:
-        self.server.endpoint._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.endpoint._handle(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.endpoint._handle(self, "DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("lambda endpoint: " + format, *args)
+    def do_DELETE(self) -> None:  # event-invoke-config, concurrency
+        self.server.owner._handle(self, "DELETE")
 
 
 class _Reply(Exception):
@@ -533,7 +518,7 @@ _FAILED = ("error", "died", "timeout", "memory")
 _EVENT_INVOKE_FIELDS = ("MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig")
 
 
-class LambdaEndpoint:
+class LambdaEndpoint(LoopbackServer):
     """Lambda's REST API on 127.0.0.1, running the real handler in local worker processes.
 
     ``workers``: worker processes per function (the concurrency the stand-in has).
@@ -558,6 +543,7 @@ class LambdaEndpoint:
         enforce_memory: bool = True,
         account_concurrency: int | None = None,
     ):
+        super().__init__(port=port)
         self.workers = workers
         self.account_concurrency = account_concurrency or workers
         self.faults = faults if faults is not None else Faults()
@@ -565,11 +551,8 @@ class LambdaEndpoint:
         self.account = account
         self.retry_delays = tuple(retry_delays)
         self.enforce_memory = enforce_memory
-        self._port = port
         self._functions: dict[str, _Function] = {}
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._delayed: _Delayed | None = None
         self._procs: set[subprocess.Popen] = set()
         self._threads: set[threading.Thread] = set()
@@ -584,23 +567,14 @@ class LambdaEndpoint:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> LambdaEndpoint:
-        if self._server is not None:
-            return self
-        server = _Server(("127.0.0.1", self._port), _RequestHandler)
-        server.endpoint = self
-        self._server = server
-        self._delayed = _Delayed()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="lambda-endpoint", daemon=True)
-        self._thread.start()
-        return self
+    handler_class = _RequestHandler
+    thread_name = "lambda-endpoint"
+    backlog = 256
 
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the endpoint is not started: call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def start(self) -> LambdaEndpoint:
+        if self._server is None and self._delayed is None:
+            self._delayed = _Delayed()
+        return super().start()
 
     def stop(self) -> None:
         with self._lock:
@@ -608,9 +582,7 @@ class LambdaEndpoint:
                 return
             self._closed = True
             functions = list(self._functions.values())
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        super().stop()
         if self._delayed is not None:
             self._delayed.close()
         for fn in functions:
@@ -621,14 +593,6 @@ class LambdaEndpoint:
         for thread in list(self._threads):
             thread.join(timeout=10)
         shutil.rmtree(self._workdir, ignore_errors=True)
-
-    close = stop
-
-    def __enter__(self) -> LambdaEndpoint:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # -- functions -------------------------------------------------------------------------------
 
@@ -666,10 +630,6 @@ class LambdaEndpoint:
             fn = self._functions.pop(name, None)
         if fn is not None:
             fn.pool.shutdown()
-
-    def function_names(self) -> list[str]:
-        with self._lock:
-            return list(self._functions)
 
     def worker_pids(self, name: str) -> list[int]:
         return self._function(name).pool.worker_pids()
@@ -799,8 +759,7 @@ class LambdaEndpoint:
         request_id = str(uuid.uuid4())
         status, body, headers = 500, None, {}
         try:
-            length = int(req.headers.get("Content-Length") or 0)
-            raw = req.rfile.read(length) if length else b""
+            raw = req.body()
             parts = urlsplit(req.path)
             segments = parts.path.strip("/").split("/")
             if method == "GET" and segments == ["2016-08-19", "account-settings"]:
@@ -838,23 +797,8 @@ class LambdaEndpoint:
 
     @staticmethod
     def _respond(req: _RequestHandler, status: int, body: Any, headers: dict[str, str]) -> None:
-        if body is None:
-            data = b""
-        elif isinstance(body, bytes):
-            data = body
-        else:
-            data = json.dumps(body).encode()
-        try:
-            req.send_response(status)
-            req.send_header("Content-Type", "application/json")
-            for k, v in headers.items():
-                req.send_header(k, v)
-            req.send_header("Content-Length", str(len(data)))
-            req.end_headers()
-            if data:
-                req.wfile.write(data)
-        except OSError:  # the client went away
-            pass
+        data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+        req.answer(status, data, headers)  # False: the client went away, as a client of Lambda may
 
     @staticmethod
     def _json_body(raw: bytes) -> dict[str, Any]:
@@ -1101,7 +1045,7 @@ class LambdaEndpoint:
         Lambda would go on serving whatever broke one pool's dispatcher thread, so replace it.
         """
         thread = getattr(fn.pool, "_thread", None)
-        if thread is None or thread.is_alive() or getattr(fn.pool, "_closed", False):
+        if thread is None or thread.is_alive() or fn.pool.closed:
             return fn.pool
         with self._lock:
             if thread is getattr(fn.pool, "_thread", None) and not self._closed:
@@ -1131,15 +1075,11 @@ class LambdaEndpoint:
         tag = uuid.uuid4().hex
         result_path = os.path.join(self._workdir, f"{tag}.json")
         log_path = os.path.join(self._workdir, f"{tag}.log")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
-        cmd = [sys.executable]
-        if sys.version_info >= (3, 11):
-            cmd.append("-P")
-        cmd += ["-c", _ONE_SHOT, result_path, request_id, str(fn.timeout), str(fn.memory_mb), fn.name, "1" if crash else "0"]
+        cmd = python_command("-c", _ONE_SHOT, result_path, request_id, str(fn.timeout), str(fn.memory_mb), fn.name, "1" if crash else "0")
         limit = fn.memory_mb * 1024 * 1024 if fn.enforce_memory else None
         killed = None
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=self._workdir, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=self._workdir, env=clean_environment(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         with self._lock:
             self._procs.add(proc)
         try:
@@ -1166,7 +1106,7 @@ class LambdaEndpoint:
         finally:
             with self._lock:
                 self._procs.discard(proc)
-        log_tail = _read_tail(log_path)
+        log_tail = read_tail(log_path, _LOG_TAIL_BYTES)
         result = None
         with contextlib.suppress(OSError, ValueError):
             with open(result_path) as f:
@@ -1187,13 +1127,4 @@ class LambdaEndpoint:
         if result["ok"]:
             return "ok", result["result"], log_tail
         return "error", result["error"], log_tail
-
-
-def _read_tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - _LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 

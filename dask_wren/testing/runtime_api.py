@@ -38,15 +38,13 @@ caller's to stop.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from dask_wren.testing.loopback import LoopbackHandler, LoopbackServer
 
 __all__ = ["RuntimeAPIServer", "RuntimeInitError"]
 
@@ -61,73 +59,32 @@ class RuntimeInitError(RuntimeError):
         super().__init__(f"the Lambda runtime failed to initialise: {document}")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    api: RuntimeAPIServer
+class _Handler(LoopbackHandler):
+    log_prefix = "runtime api: "
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
+class RuntimeAPIServer(LoopbackServer):
+    """The Lambda Runtime API on 127.0.0.1 (``port=0``: a free port); ``address`` is ``host:port``,
+    the value for ``AWS_LAMBDA_RUNTIME_API``."""
 
-    def do_GET(self) -> None:
-        self.server.api._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.api._handle(self, "POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("runtime api: " + format, *args)
-
-
-class RuntimeAPIServer:
-    """The Lambda Runtime API on 127.0.0.1 (``port=0``: a free port); ``address`` is ``host:port``."""
+    handler_class = _Handler
+    thread_name = "runtime-api"
 
     def __init__(self, *, function_name: str = "dask-wren", timeout: float = 300.0, region: str = "us-east-1", account: str = "000000000000", port: int = 0):
+        super().__init__(port=port)
         self.function_name = function_name
         self.timeout = timeout
         self.function_arn = f"arn:aws:lambda:{region}:{account}:function:{function_name}"
-        self._port = port
         self._events: queue.Queue[tuple[str, Any, float]] = queue.Queue()
         self._cond = threading.Condition()
         self._submitted: set[str] = set()
         self._results: dict[str, tuple[bool, Any]] = {}
         self.init_error: Any = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._closed = threading.Event()
 
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> RuntimeAPIServer:
-        if self._server is None:
-            self._server = _Server(("127.0.0.1", self._port), _Handler)
-            self._server.api = self
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="runtime-api", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:port``: the value for ``AWS_LAMBDA_RUNTIME_API``."""
-        if self._server is None:
-            raise RuntimeError("the server is not started: call start() first")
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
-
     def stop(self) -> None:
-        self._closed.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    close = stop
-
-    def __enter__(self) -> RuntimeAPIServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._closed.set()  # runtimes waiting for an event get an answer, so the server can stop
+        super().stop()
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -161,8 +118,7 @@ class RuntimeAPIServer:
     # -- HTTP ------------------------------------------------------------------------------------
 
     def _handle(self, req: _Handler, method: str) -> None:
-        length = int(req.headers.get("Content-Length") or 0)
-        raw = req.rfile.read(length) if length else b""
+        raw = req.body()
         path = req.path.split("?", 1)[0].rstrip("/")
         if method == "GET" and path == f"{_PREFIX}/invocation/next":
             self._next(req)
@@ -222,16 +178,4 @@ class RuntimeAPIServer:
 
     @staticmethod
     def _respond(req: _Handler, status: int, body: Any, headers: dict[str, str] | None = None) -> bool:
-        data = json.dumps(body).encode()
-        try:
-            req.send_response(status)
-            req.send_header("Content-Type", "application/json")
-            for k, v in (headers or {}).items():
-                req.send_header(k, v)
-            req.send_header("Content-Length", str(len(data)))
-            req.end_headers()
-            req.wfile.write(data)
-            req.wfile.flush()
-            return True
-        except OSError:
-            return False
+        return req.answer(status, json.dumps(body).encode(), headers)
