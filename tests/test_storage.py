@@ -48,11 +48,17 @@ _SESSION = boto3.session.Session()
 
 
 @pytest.fixture
-def s3(aws_env):
+def s3_client(aws_env):
+    """The boto3 client behind ``s3``: the test's own view of the bucket."""
     with mock_aws():
         client = _SESSION.client("s3", region_name=REGION)
         client.create_bucket(Bucket=BUCKET)
-        yield S3Storage(BUCKET, client=client)
+        yield client
+
+
+@pytest.fixture
+def s3(s3_client):
+    return S3Storage(BUCKET, client=s3_client)
 
 
 @pytest.fixture
@@ -200,42 +206,42 @@ def test_s3_list_and_delete_more_than_1000_keys(s3):
     assert list(s3.list("many/")) == []
 
 
-def _parts_of(store: S3Storage, key: str) -> int:
-    etag = store._client.head_object(Bucket=store.bucket, Key=key)["ETag"].strip('"')
+def _parts_of(client, key: str) -> int:
+    etag = client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
     return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
 
 
-def _big_store(s3: S3Storage) -> S3Storage:
+def _big_store(client) -> S3Storage:
     return S3Storage(
-        BUCKET, client=s3._client, multipart_threshold=5 * MiB + 1, multipart_chunk=5 * MiB
+        BUCKET, client=client, multipart_threshold=5 * MiB + 1, multipart_chunk=5 * MiB
     )
 
 
-def test_s3_multipart_put(s3):
-    store = _big_store(s3)
+def test_s3_multipart_put(s3_client):
+    store = _big_store(s3_client)
     data = bytes(range(256)) * (11 * MiB // 256) + b"tail"
     store.put("big", data)
-    assert _parts_of(store, "big") == 3  # 5 MiB + 5 MiB + the rest
+    assert _parts_of(s3_client, "big") == 3  # 5 MiB + 5 MiB + the rest
     assert store.get("big") == data
     assert store.get_range("big", 5 * MiB - 2, 4) == data[5 * MiB - 2 : 5 * MiB + 2]
     store.put("small", b"below the threshold")
-    assert _parts_of(store, "small") == 1
+    assert _parts_of(s3_client, "small") == 1
 
 
-def test_s3_multipart_put_if_absent(s3):
-    store = _big_store(s3)
+def test_s3_multipart_put_if_absent(s3_client):
+    store = _big_store(s3_client)
     first, second = b"1" * (6 * MiB), b"2" * (6 * MiB)
     assert store.put_if_absent("big", first) is True
     assert store.put_if_absent("big", second) is False
     assert store.get("big") == first
-    uploads = store._client.list_multipart_uploads(Bucket=BUCKET)
+    uploads = s3_client.list_multipart_uploads(Bucket=BUCKET)
     assert uploads.get("Uploads", []) == []  # the losing upload was aborted
 
 
-def test_s3_multipart_failure_aborts_upload(s3, monkeypatch):
-    store = _big_store(s3)
+def test_s3_multipart_failure_aborts_upload(s3_client, monkeypatch):
+    store = _big_store(s3_client)
     calls = []
-    real_upload_part = store._client.upload_part
+    real_upload_part = s3_client.upload_part
 
     def flaky_upload_part(**kwargs):
         calls.append(kwargs["PartNumber"])
@@ -243,12 +249,12 @@ def test_s3_multipart_failure_aborts_upload(s3, monkeypatch):
             raise RuntimeError("connection dropped")
         return real_upload_part(**kwargs)
 
-    monkeypatch.setattr(store._client, "upload_part", flaky_upload_part)
+    monkeypatch.setattr(s3_client, "upload_part", flaky_upload_part)
     with pytest.raises(RuntimeError, match="connection dropped"):
         store.put("big", b"z" * (11 * MiB))
     assert calls == [1, 2]
     assert not store.exists("big")
-    assert store._client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
 def test_s3_missing_bucket(s3):
