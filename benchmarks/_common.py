@@ -1,63 +1,9 @@
-"""Pieces the benchmark scripts share: a request-counting store and the summary table."""
+"""Pieces the benchmark scripts share: the summary table (the request-counting store is
+``dask_wren.testing.counting.CountingStorage``, shared with the tests)."""
 
 from __future__ import annotations
 
-import math
 import statistics
-import threading
-from collections import Counter
-
-S3_LIST_PAGE = 1000  # keys per LIST response on S3: a listing of more keys costs more requests
-
-
-class CountingStorage:
-    """Wraps a store and counts the requests made through it (by this process only).
-
-    ``list`` counts one request per started listing, or one per ``S3_LIST_PAGE`` keys listed,
-    as S3 would charge; ``listed`` is the number of keys the listings returned.
-    """
-
-    _METHODS = ("put", "put_if_absent", "get", "get_range", "exists", "delete_prefix")
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.counts = Counter()
-        self.listed = 0
-        self._lock = threading.Lock()
-
-    def spec(self):
-        return self.inner.spec()
-
-    def __repr__(self):
-        return f"CountingStorage({self.inner!r})"
-
-    def _count(self, name, n=1):
-        with self._lock:
-            self.counts[name] += n
-
-    def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name in self._METHODS:
-            def counted(*args, **kwargs):
-                self._count(name)
-                return attr(*args, **kwargs)
-            return counted
-        return attr
-
-    def list(self, prefix, start_after=None):
-        n = 0
-        try:
-            for item in self.inner.list(prefix, start_after=start_after):
-                n += 1
-                yield item
-        finally:
-            self._count("list", max(1, math.ceil(n / S3_LIST_PAGE)))
-            with self._lock:
-                self.listed += n
-
-    def snapshot(self):
-        with self._lock:
-            return Counter(self.counts)
 
 
 def fmt_s(xs):

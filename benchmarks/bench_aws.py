@@ -53,12 +53,13 @@ from urllib.parse import urlsplit
 import boto3
 import botocore
 import urllib3.connection
-from _common import CountingStorage, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from dask_wren.backends import aws as aws_backend
 from dask_wren.config import Settings, make_storage
 from dask_wren.executor import Executor
 from dask_wren.testing import aws_standin
+from dask_wren.testing.counting import CountingStorage
 from lambda_worker import protocol
 
 TARGET_INVOKES_PER_S = 1000.0

@@ -34,11 +34,12 @@ from collections import Counter  # noqa: E402
 
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import CountingStorage, fmt_s, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import fmt_s, print_summary  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from dask_wren.backends.local import LocalBackend  # noqa: E402
 from dask_wren.config import Settings  # noqa: E402
 from dask_wren.executor import Executor  # noqa: E402
+from dask_wren.testing.counting import CountingStorage  # noqa: E402
 from lambda_worker.storage.local import LocalStorage  # noqa: E402
 
 TARGET_TRIVIAL_S = 1.0  # 1,000 trivial calls end to end

@@ -1,31 +1,9 @@
 """The storage protocol's cost: at most 4 requests per call, host and worker together."""
 
-import collections
-
 from dask_wren.config import Settings
 from dask_wren.executor import Executor
+from dask_wren.testing.counting import CountingStorage
 from lambda_worker.storage.local import LocalStorage
-
-
-class CountingStorage:
-    """Wraps a store and counts every request the host makes through it."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.counts = collections.Counter()
-
-    def spec(self):
-        return self.inner.spec()
-
-    def __getattr__(self, name):
-        method = getattr(self.inner, name)
-
-        def counted(*args, **kwargs):
-            self.counts[name] += 1
-            result = method(*args, **kwargs)
-            return list(result) if name == "list" else result
-
-        return counted
 
 
 def inc(x):
