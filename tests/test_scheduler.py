@@ -1,6 +1,5 @@
 """wren_get: Dask graphs with remote map tasks and host reduce steps."""
 
-import collections
 import io
 import os
 import threading
@@ -17,6 +16,7 @@ import dask_wren
 from dask_wren import wren_get
 from dask_wren.config import Settings, make_storage
 from dask_wren.executor import Executor
+from dask_wren.testing.counting import CountingStorage
 from tests.conftest import gate
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,24 +152,6 @@ def test_markers_survive_fusion():
         return os.getpid()
 
     assert dask.compute(dask.delayed(combine)(1, 2), scheduler=wren_get)[0] != os.getpid()
-
-
-class CountingStorage:
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = collections.defaultdict(list)
-
-    def __getattr__(self, name):
-        method = getattr(self.inner, name)
-
-        def counted(*args, **kwargs):
-            self.calls[name].append(args[0] if args else None)
-            return method(*args, **kwargs)
-
-        return counted
-
-    def spec(self):
-        return self.inner.spec()
 
 
 def big_block(seed):
