@@ -40,9 +40,11 @@ environment they start with.  Leaving the block stops the endpoint and the moto 
 on your own endpoint is left in place).
 
 ``RuntimeAPIServer`` (``dask_wren.testing.runtime_api``) is the Lambda Runtime API, for running
-the handler under AWS's own runtime interface client (``awslambdaric``).  The fidelity notes
-(where the stand-ins differ from AWS) are in ``dask_wren.testing.lambda_endpoint``.  moto is
-needed only for the default S3 server: ``pip install "dask-wren[test]"``.
+the handler under AWS's own runtime interface client (``awslambdaric``).  ``CountingStorage``
+(``dask_wren.testing.counting``) wraps a store and counts the requests made through it, as S3
+would bill them.  The fidelity notes (where the stand-ins differ from AWS) are in
+``dask_wren.testing.lambda_endpoint``.  moto is needed only for the default S3 server:
+``pip install "dask-wren[test]"``.
 """
 
 from __future__ import annotations

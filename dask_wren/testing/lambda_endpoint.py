@@ -133,7 +133,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Execution", "FaultCounters", "Faults", "LambdaEndpoint", "default_environment"]
 
-_API = "/2015-03-31/functions"
 HANDLER = "lambda_worker.handler.lambda_handler"
 MAX_ASYNC_PAYLOAD = 256 * 1024
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
