@@ -1,6 +1,7 @@
 """The embedded backend: a pool of warm worker processes, each a stand-in for a Lambda sandbox.
 
-One dispatcher thread owns all state below; other threads only append to ``_inbox`` and wake it.
+One dispatcher thread owns all state below; other threads only append to ``_inbox`` and wake it
+(its messages: ``_Invoke``, ``_Cancel``, ``_Wake``, ``_Shutdown``).
 
 State (dispatcher thread only):
     queue    invocations accepted and not yet sent, in order
