@@ -127,6 +127,10 @@ _KEYS = {
 }
 
 
+#: The keyword names ``Settings.from_config`` takes.
+SETTING_NAMES = frozenset(_KEYS)
+
+
 def make_storage(settings: Settings):
     """The store the settings describe."""
     if settings.storage == "s3":

@@ -27,8 +27,11 @@ already in the cache.  Remote tasks that become ready together go out as one job
 
 from __future__ import annotations
 
+import difflib
 import os
 import queue
+import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +53,7 @@ from dask.local import finish_task, nested_get, release_data, start_state_from_d
 from dask.order import order
 from dask.sizeof import sizeof
 
-from dask_wren.config import Settings
+from dask_wren.config import SETTING_NAMES, Settings
 from dask_wren.executor import Executor
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
@@ -104,7 +107,10 @@ def wren_get(
     ``overrides`` such as ``backend=`` or ``workers=``, shut down afterwards).
     ``local_input_limit``: bytes of inputs under which a task with dependencies runs here
     (default ``wren.local-input-limit``).  ``num_threads``: host threads for local tasks.
+    Other keywords are ignored with a warning, as dask's own schedulers ignore keywords
+    ``compute()`` forwards that they do not know.
     """
+    overrides = _settings_only(overrides)
     annotations = _wren_annotations(dsk)
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()
@@ -129,6 +135,33 @@ def wren_get(
         run.close()
         if own:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+_OWN_KEYWORDS = ("executor", "local_input_limit", "num_threads", "callbacks")
+
+
+def _settings_only(keywords: dict[str, Any]) -> dict[str, Any]:
+    """The executor settings among ``keywords``; a warning names the others, which are ignored."""
+    unknown = sorted(k for k in keywords if k not in SETTING_NAMES)
+    for name in unknown:
+        close = difflib.get_close_matches(name, [*SETTING_NAMES, *_OWN_KEYWORDS], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.warn(
+            f"wren_get ignores {name!r}{hint}: it is neither a dask-wren setting nor one of "
+            f"{', '.join(_OWN_KEYWORDS)}",
+            UserWarning,
+            stacklevel=_caller_level(),
+        )
+    return {k: v for k, v in keywords.items() if k in SETTING_NAMES}
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the code that called ``compute()``/``persist()``: past this module
+    and ``dask.base``."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "dask.base"):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _wren_annotations(dsk: Any) -> dict[Any, str]:

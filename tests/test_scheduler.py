@@ -1,8 +1,11 @@
 """wren_get: Dask graphs with remote map tasks and host reduce steps."""
 
+import gc
+import inspect
 import io
 import os
 import threading
+import weakref
 from contextlib import redirect_stdout
 
 import dask
@@ -110,8 +113,26 @@ def test_named_scheduler_config_and_per_compute_options():
     with dask.config.set(scheduler=wren_get):
         assert dask.compute(*[dask.delayed(inc)(i) for i in range(3)]) == (1, 2, 3)
     assert dask.compute(b, scheduler=wren_get, workers=1, backend="local", local_input_limit=0) == (55,)
-    with pytest.raises(TypeError, match="unknown dask-wren setting"):
-        dask.compute(b, scheduler=wren_get, wrokers=1)
+    with pytest.warns(UserWarning, match="ignores 'wrokers'.*did you mean 'workers'"):
+        assert dask.compute(b, scheduler=wren_get, wrokers=1) == (55,)
+
+
+def test_unknown_compute_keywords_are_ignored_with_a_warning():
+    """dask forwards every compute() keyword to the scheduler, and its own schedulers ignore the
+    ones they do not know (dask's test_bag_compute_forward_kwargs): wren_get warns and goes on."""
+    b = db.from_sequence([1, 2, 3]).map(inc)
+    with pytest.warns(UserWarning, match="bogus_keyword"):
+        assert b.compute(scheduler=wren_get, bogus_keyword=10) == [2, 3, 4]
+    with dask.config.set(scheduler=wren_get), pytest.warns(UserWarning, match="bogus_keyword"):
+        assert (dask.delayed(1) + 2).compute(bogus_keyword=10) == 3
+    # executor settings still apply, and are still checked
+    with pytest.raises(ValueError, match="wren.local.workers"):
+        b.compute(scheduler=wren_get, workers=0)
+    with Executor(Settings.from_config()) as ex:
+        with pytest.raises(TypeError, match="cannot apply to an existing executor"):
+            b.compute(scheduler=wren_get, executor=ex, workers=1)
+        with pytest.warns(UserWarning, match="bogus_keyword"):
+            assert b.compute(scheduler=wren_get, executor=ex, bogus_keyword=10) == [2, 3, 4]
 
 
 # -- placement ----------------------------------------------------------------------------------
@@ -188,12 +209,33 @@ def test_intermediates_are_released_from_storage(tmp_path):
         assert len(deleted) >= 8  # every partition's partial once its consumer was done
 
 
+def watch_submissions(ex):
+    """Weak references to what each compute hands ``ex``: its jobs' futures and their listeners
+    (methods of the compute, which holds its graph)."""
+    refs = []
+    submit = ex.map_with_listener
+
+    def watched(func, items, tags, listener):
+        futures = submit(func, items, tags, listener)
+        refs.extend(weakref.ref(f) for f in futures)
+        refs.append(weakref.WeakMethod(listener) if inspect.ismethod(listener) else weakref.ref(listener))
+        return futures
+
+    ex.map_with_listener = watched
+    return refs
+
+
 def test_a_long_lived_executor_keeps_nothing_of_finished_computes():
     with Executor(Settings.from_config()) as ex:
+        refs = watch_submissions(ex)
         for _ in range(3):
             b = db.from_sequence(range(40), npartitions=8).map(inc).sum()
             assert dask.compute(b, scheduler=wren_get, executor=ex) == (820,)
-        assert ex._futures == [] and ex._job_listeners == {}  # no futures or graphs held on to
+        gc.collect()
+        assert len(refs) >= 3 * 9  # each compute's futures (8 partitions at least) and listener
+        assert [r() for r in refs if r() is not None] == []  # no futures or graphs held on to
+        assert ex.wait(return_when=dask_wren.ALWAYS) == ([], [])  # nor futures of its own
+        # private read: the monitor has no public view of the jobs it still watches
         assert ex.monitor._jobs == {}
 
 
@@ -231,14 +273,23 @@ def test_a_failing_task_raises_its_exception_and_cancels_work_in_flight(tmp_path
         stuck = dask.delayed(slow_gate)(gate_path)
         failing = dask.delayed(explode)(7)
         submitted = []
+        listeners = []
         map_with_listener = ex.map_with_listener
-        ex.map_with_listener = lambda *a: submitted.extend(map_with_listener(*a)) or submitted[-len(a[1]):]
+
+        def watched(func, items, tags, listener):
+            listeners.append(weakref.WeakMethod(listener) if inspect.ismethod(listener) else weakref.ref(listener))
+            submitted.extend(map_with_listener(func, items, tags, listener))
+            return submitted[-len(items):]
+
+        ex.map_with_listener = watched
         with pytest.raises(Boom, match="task 7 failed"):
             dask.compute(stuck, failing, scheduler=wren_get, executor=ex)
         assert len(submitted) == 2
         assert all(f.done() for f in submitted)  # nothing left waiting
         assert any(f.cancelled() for f in submitted)
-        assert not ex._job_listeners  # the compute let go of its jobs
+        submitted.clear()  # the failed future's exception, raised in the compute, holds its frames
+        gc.collect()
+        assert listeners and [r() for r in listeners if r() is not None] == []  # the compute let go of its jobs
     assert list(ex.storage.list(f"{ex.settings.prefix}/{ex.executor_id}")) == []
     open(gate_path, "w").close()  # on AWS a cancelled call keeps running: let it finish
 
