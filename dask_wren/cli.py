@@ -11,10 +11,26 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from dask_wren.deploy import MAX_TIMEOUT, DeployError, DeployOptions, DestroyOptions, user_error_message
+import dask.config
+
+import dask_wren
+from dask_wren.deploy import (
+    MAX_TIMEOUT,
+    DeployError,
+    DeployOptions,
+    DestroyOptions,
+    deploy,
+    destroy,
+    flatten_settings,
+    read_yaml,
+    user_error_message,
+)
+
+_Options = TypeVar("_Options", DeployOptions, DestroyOptions)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,47 +111,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options(cls: type[_Options], args: argparse.Namespace) -> _Options:
+    """``cls`` from the parsed arguments named like its fields (lists, from repeatable options, as tuples)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "deploy":
-            from dask_wren.deploy import deploy
-
-            deploy(
-                DeployOptions(
-                    function_name=args.function_name,
-                    bucket=args.bucket,
-                    region=args.region,
-                    prefix=args.prefix,
-                    memory=args.memory,
-                    timeout=args.timeout,
-                    arch=args.arch,
-                    expire_days=args.expire_days,
-                    config_file=args.config_file,
-                    endpoint_url=args.endpoint_url,
-                    layer_zip=args.layer_zip,
-                    dry_run=args.dry_run,
-                    requirements=tuple(args.requirements),
-                    packages=tuple(args.packages),
-                    image_uri=args.image_uri,
-                )
-            )
+            deploy(options(DeployOptions, args))
             return 0
         if args.command == "destroy":
-            from dask_wren.deploy import destroy
-
-            destroy(
-                DestroyOptions(
-                    function_name=args.function_name,
-                    bucket=args.bucket,
-                    region=args.region,
-                    delete_bucket=args.delete_bucket,
-                    endpoint_url=args.endpoint_url,
-                    config_file=args.config_file,
-                    dry_run=args.dry_run,
-                    yes=args.yes,
-                )
-            )
+            destroy(options(DestroyOptions, args))
             return 0
         return run_test(args.calls, function_name=args.function_name, config_file=args.config_file, timeout=args.timeout)
     except KeyboardInterrupt:
@@ -181,11 +170,6 @@ def run_test(
     A call that never reports back (the function cannot start, say) fails after ``timeout`` plus
     half a minute, instead of the default call timeout plus ``wren.aws.lost-call-grace``.
     """
-    import dask.config
-
-    import dask_wren
-    from dask_wren.deploy import flatten_settings, read_yaml
-
     if calls < 1:
         raise DeployError(f"--calls must be at least 1, not {calls}")
     settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}

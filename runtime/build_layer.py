@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dask_wren.deploy import (
+from dask_wren.deploy.layer import (
     DeployError,
-    DeployOptions,
     build_layer,
     check_unzipped_size,
     format_size,
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or Path(f"dask-wren-layer-py{python}-{args.arch}.zip")
     start = time.monotonic()
     try:
-        requirements = user_requirements(DeployOptions(requirements=tuple(args.requirements), packages=tuple(args.packages)))
+        requirements = user_requirements(args.requirements, args.packages)
         build_layer(output, python=python, arch=args.arch)
         layer = inspect_layer_zip(output, python, args.arch)
         packages = []

@@ -173,17 +173,17 @@ def test_role_propagation_is_retried_a_bounded_number_of_times(monkeypatch):
             raise not_yet
         return "created"
 
-    assert dep._retry_while_role_propagates(flaky, "r", sleep=sleeps.append) == "created"
+    assert dep.steps._retry_while_role_propagates(flaky, "r", sleep=sleeps.append) == "created"
     assert len(attempts) == 3 and len(sleeps) == 2
 
     def never():
         raise not_yet
 
     with pytest.raises(dep.DeployError, match="cannot assume role r"):
-        dep._retry_while_role_propagates(never, "r", sleep=sleeps.append)
+        dep.steps._retry_while_role_propagates(never, "r", sleep=sleeps.append)
     other = ClientError({"Error": {"Code": "InvalidParameterValueException", "Message": "bad"}}, "CreateFunction")
     with pytest.raises(ClientError):
-        dep._retry_while_role_propagates(lambda: (_ for _ in ()).throw(other), "r", sleep=sleeps.append)
+        dep.steps._retry_while_role_propagates(lambda: (_ for _ in ()).throw(other), "r", sleep=sleeps.append)
 
 
 # -- deploy against moto ---------------------------------------------------------------------
@@ -467,7 +467,7 @@ def test_settings_document_records_endpoints():
 
 
 def test_large_layer_goes_through_the_bucket(aws, args, capsys, monkeypatch):
-    monkeypatch.setattr(dep, "DIRECT_UPLOAD_LIMIT", 10)
+    monkeypatch.setattr(dep.steps, "DIRECT_UPLOAD_LIMIT", 10)
     code, out, _ = run(capsys, args)
     assert code == 0
     assert f"through s3://{BUCKET}/dask-wren/_deploy/" in lines_of(out)[f"layer {FN}-runtime"]
@@ -494,7 +494,7 @@ def test_layer_zip_is_checked_before_anything_is_created(aws, args, capsys, tmp_
     code, _, err = deploy_with(arm)
     assert code == 1 and "aarch64" in err and "--arch" in err
 
-    monkeypatch.setattr(dep, "LAYER_UNZIPPED_LIMIT", 10)
+    monkeypatch.setattr(dep.layer, "LAYER_UNZIPPED_LIMIT", 10)
     code, _, err = deploy_with(args[args.index("--layer-zip") + 1])
     assert code == 1 and "250 MB" in err
     assert aws["iam"].list_roles()["Roles"] == [] and aws["s3"].list_buckets()["Buckets"] == []
@@ -543,7 +543,7 @@ def test_the_botocore_floor_is_the_same_everywhere():
     """One constant; pyproject.toml and runtime/requirements.txt (the Dockerfile's list) say the same."""
     from pathlib import Path
 
-    root = Path(dep.__file__).resolve().parent.parent
+    root = Path(dep.__file__).resolve().parents[2]
     floor = dep.BOTOCORE_FLOOR
     pyproject = (root / "pyproject.toml").read_text()
     assert f'"boto3>={floor}"' in pyproject and f'"botocore>={floor}"' in pyproject
@@ -553,7 +553,7 @@ def test_the_botocore_floor_is_the_same_everywhere():
     assert f"boto3>={floor}" in reqs and f"botocore>={floor}" in reqs
     import botocore
 
-    assert not dep._older(botocore.__version__, floor)  # this environment can write conditionally
+    assert not dep.layer._older(botocore.__version__, floor)  # this environment can write conditionally
 
 
 # -- errors a user can cause -----------------------------------------------------------------

@@ -40,7 +40,7 @@ BASE = ("cloudpickle", "dask", "numpy", "toolz", "tblib", "boto3", "botocore")
 
 
 class FakePip:
-    """Stands in for ``dep._run_pip``: installs from INDEX into --target, records each call."""
+    """Stands in for ``dep.layer._run_pip``: installs from INDEX into --target, records each call."""
 
     def __init__(self):
         self.calls = []
@@ -51,7 +51,7 @@ class FakePip:
         requested = [a for a in cmd[cmd.index("-c") + 2 :] if not a.startswith("-")]
         self.calls.append({"cmd": cmd, "constraints": constraints, "requested": requested})
         assert "--only-binary=:all:" in cmd and cmd[cmd.index("--python-version") + 1] == PY
-        todo = [dep._requirement_name(r) for r in requested]
+        todo = [dep.layer._requirement_name(r) for r in requested]
         done = set()
         while todo:
             name = todo.pop()
@@ -64,7 +64,7 @@ class FakePip:
                     f"ERROR: No matching distribution found for {name}\n"
                 ))
             version, size, deps = INDEX[name]
-            pin = next((c for c in constraints if dep._requirement_name(c) == name and "==" in c), None)
+            pin = next((c for c in constraints if dep.layer._requirement_name(c) == name and "==" in c), None)
             assert pin is None or pin.endswith(f"=={version}"), (pin, version)  # the runtime's versions hold
             module = name.replace("-", "_")
             (target / module).mkdir(parents=True)
@@ -85,7 +85,7 @@ class FakePip:
 @pytest.fixture
 def pip(monkeypatch):
     fake = FakePip()
-    monkeypatch.setattr(dep, "_run_pip", fake)
+    monkeypatch.setattr(dep.layer, "_run_pip", fake)
     return fake
 
 
@@ -128,7 +128,7 @@ def test_requirements_files_follow_includes_and_skip_comments(tmp_path):
     assert reqs == ["alpha>=1.0", "beta[x]", "gamma==0.3", f"-c {tmp_path / 'c.txt'}",
                     "--extra-index-url https://x/simple"]
     opts = dep.DeployOptions(requirements=(tmp_path / "req.txt",), packages=("tabulate", "huge>1"))
-    assert dep.user_requirements(opts)[-2:] == ["tabulate", "huge>1"]
+    assert dep.user_requirements(opts.requirements, opts.packages)[-2:] == ["tabulate", "huge>1"]
 
     with pytest.raises(dep.DeployError, match="cannot read"):
         dep.read_requirements(tmp_path / "missing.txt")
@@ -176,7 +176,7 @@ def test_build_package_layers_holds_only_the_users_packages(pip, tmp_path):
     base_call, packages_call = pip.calls
     assert "lambda_worker" not in str(base_call["requested"]) and "alpha" not in base_call["requested"]
     # One resolution: the runtime's requirements and the user's, the runtime's versions pinned.
-    assert {dep._requirement_name(r) for r in packages_call["requested"]} >= {*BASE, "alpha", "beta"}
+    assert {dep.layer._requirement_name(r) for r in packages_call["requested"]} >= {*BASE, "alpha", "beta"}
     assert "numpy==2.0.0" in packages_call["constraints"] and f"cloudpickle=={HOST['cloudpickle']}" in packages_call["constraints"]
     assert any("package layer 1: alpha 1.0, beta 2.0, six 1.16.0" in line for line in lines), lines
     # Nothing missing: no layers.
@@ -193,7 +193,7 @@ def test_unknown_package_is_one_clear_error_quoting_pip(pip, tmp_path):
 
 
 def test_deploy_publishes_package_layers_in_order(aws, pip, args, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(dep, "PACKAGE_LAYER_TARGET", 1000)
+    monkeypatch.setattr(dep.layer, "PACKAGE_LAYER_TARGET", 1000)
     (tmp_path / "req.txt").write_text("# two\nalpha\n\ngamma\n")
     argv = [*args, "--requirements", str(tmp_path / "req.txt"), "--packages", "huge", "beta"]
     code, out, err = run(capsys, argv)
@@ -242,7 +242,7 @@ def test_dry_run_with_packages_plans_the_layers_and_creates_nothing(aws, pip, ar
 
 
 def test_too_large_stops_before_any_aws_change_and_names_the_largest_packages(aws, pip, args, capsys, monkeypatch):
-    monkeypatch.setattr(dep, "LAYER_UNZIPPED_LIMIT", 4000)
+    monkeypatch.setattr(dep.layer, "LAYER_UNZIPPED_LIMIT", 4000)
     code, out, err = run(capsys, [*args, "--packages", "huge", "alpha", "tabulate"])
     assert code == 1 and "Traceback" not in err
     assert "over Lambda's 250 MB limit" in err
@@ -257,9 +257,9 @@ def test_too_large_is_checked_over_all_layers_together(tmp_path, monkeypatch):
     """check_unzipped_size adds the function and every layer, and names packages across layers."""
     base = dep.LayerZip(tmp_path / "a.zip", "0" * 64, 1, 900, {}, {"numpy": 700, "dask": 200})
     extra = dep.LayerZip(tmp_path / "b.zip", "1" * 64, 1, 900, {}, {"scipy": 850, "six": 50}, "packages")
-    monkeypatch.setattr(dep, "LAYER_UNZIPPED_LIMIT", 2500)
+    monkeypatch.setattr(dep.layer, "LAYER_UNZIPPED_LIMIT", 2500)
     dep.check_unzipped_size([base, extra])
-    monkeypatch.setattr(dep, "LAYER_UNZIPPED_LIMIT", 1900)
+    monkeypatch.setattr(dep.layer, "LAYER_UNZIPPED_LIMIT", 1900)
     with pytest.raises(dep.DeployError, match=r"largest packages: scipy 0.8 KB, numpy 0.7 KB, dask 0.2 KB, six"):
         dep.check_unzipped_size([base, extra])
 
@@ -279,7 +279,7 @@ def test_package_sizes_of_a_layer_zip(tmp_path):
 
 # -- runtime/build_layer.py and runtime/Dockerfile -----------------------------------------------
 
-RUNTIME = Path(dep.__file__).resolve().parent.parent / "runtime"
+RUNTIME = Path(dep.__file__).resolve().parents[2] / "runtime"
 
 
 def test_build_layer_script_writes_package_layers_next_to_the_runtime_layer(pip, tmp_path, capsys):

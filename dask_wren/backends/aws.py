@@ -60,11 +60,13 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
+from dask_wren import deployment as deployed
 from dask_wren.backends import aws_invoker
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
 from dask_wren.config import Settings
 from dask_wren.errors import BackendError, VersionMismatchError
-from lambda_worker import protocol, serialize
+from lambda_worker import protocol
+from lambda_worker.storage.s3 import CREDENTIALS_ADVICE
 
 _BURST = 1000
 _RAMP_PER_S = 100.0
@@ -83,16 +85,8 @@ def _is_throttle(error: botocore.exceptions.ClientError) -> bool:
 
 
 def host_versions() -> dict[str, str]:
-    """What the deployed runtime must match; ``dask-wren deploy`` records the same names."""
-    import dask
-
-    v = serialize.runtime_versions()
-    return {
-        "DASK_WREN_PYTHON": v["python"],
-        "DASK_WREN_CLOUDPICKLE": v["cloudpickle"],
-        "DASK_WREN_DASK": dask.__version__,
-        "DASK_WREN_PROTOCOL": str(protocol.PROTOCOL_VERSION),
-    }
+    """What the deployed runtime must match, by the names ``dask-wren deploy`` records (``dask_wren.deployment``)."""
+    return deployed.function_environment(deployed.host_versions())
 
 
 @dataclass
@@ -232,10 +226,7 @@ class AWSLambdaBackend(ProgressListeners):
         try:
             config = self.client.get_function_configuration(FunctionName=name)
         except botocore.exceptions.NoCredentialsError:
-            raise BackendError(
-                "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                "or run `aws configure`"
-            ) from None
+            raise BackendError(f"no AWS credentials found: {CREDENTIALS_ADVICE}") from None
         except botocore.exceptions.ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code == "ResourceNotFoundException":
@@ -252,12 +243,7 @@ class AWSLambdaBackend(ProgressListeners):
         except botocore.exceptions.EndpointConnectionError as e:
             raise BackendError(f"cannot reach the Lambda endpoint: {e}") from None
         recorded = (config.get("Environment") or {}).get("Variables") or {}
-        mine = host_versions()
-        problems = [
-            f"{key.removeprefix('DASK_WREN_').lower()}: deployed {recorded.get(key, 'unknown')}, here {value}"
-            for key, value in mine.items()
-            if recorded.get(key) != value
-        ]
+        problems = deployed.version_mismatches(recorded)
         if problems:
             raise VersionMismatchError(
                 f"the Lambda function {name!r} was deployed for other versions ("
@@ -279,8 +265,8 @@ class AWSLambdaBackend(ProgressListeners):
         timeout = config.get("Timeout")
         self.deployment = Deployment(
             timeout=float(timeout) if timeout else None,
-            bucket=recorded.get("DASK_WREN_BUCKET"),
-            prefix=recorded.get("DASK_WREN_PREFIX"),
+            bucket=recorded.get(deployed.BUCKET_VARIABLE),
+            prefix=recorded.get(deployed.PREFIX_VARIABLE),
             concurrency=concurrency,
         )
 

@@ -18,7 +18,7 @@ The sandbox (one directory under /tmp, removed on exit), as Lambda lays it out:
 ==============  ===============  ==========================================================
 Lambda          here             what
 ==============  ===============  ==========================================================
-/var/task       ``task/``        the unzipped function zip (``deploy._function_zip()``): cwd
+/var/task       ``task/``        the unzipped function zip (``deploy.function_zip()``): cwd
 /opt            ``opt/``         every layer unzipped into it, in order; then the working
                                  tree's ``lambda_worker/`` replaces the layer's copy, so the
                                  room runs today's worker code on the cached packages
@@ -71,6 +71,7 @@ from typing import Any
 from dask_wren import deploy
 from dask_wren.backends.base import Invocation, ProgressListeners, write_failure_records
 from dask_wren.config import Settings
+from dask_wren.deploy import layer
 from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
 from lambda_worker import protocol
 
@@ -143,10 +144,10 @@ class Layers:
 
 
 def _source_token(*names: str) -> str:
-    """A hash of the source of the named ``deploy`` functions: a changed builder rebuilds its layers."""
+    """A hash of the source of the named ``deploy.layer`` functions: a changed builder rebuilds its layers."""
     digest = hashlib.sha256()
     for name in names:
-        func = getattr(deploy, name, None)
+        func = getattr(layer, name, None)
         try:
             digest.update(inspect.getsource(func).encode() if func is not None else name.encode())
         except (OSError, TypeError):
@@ -641,7 +642,7 @@ class CleanRoom:
         task, opt, home = self.root / "task", self.root / "opt", self.root / "home"
         for d in (task, opt, home):
             d.mkdir()
-        with zipfile.ZipFile(io.BytesIO(deploy._function_zip())) as zf:
+        with zipfile.ZipFile(io.BytesIO(deploy.function_zip())) as zf:
             zf.extractall(task)
         _, unzipped = self.layers.sizes()
         unzipped += sum(p.stat().st_size for p in task.rglob("*") if p.is_file())

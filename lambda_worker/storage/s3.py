@@ -34,6 +34,10 @@ _MISSING = {"NoSuchKey", "404", "NotFound"}
 _LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+#: What to do without AWS credentials: the one text of it, also for the host (the AWS backend, deploy).
+CREDENTIALS_ADVICE = (
+    "run `aws configure` (or `aws sso login`), or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+)
 
 
 def _code(e: ClientError) -> str:
@@ -118,10 +122,7 @@ class S3Storage:
                 msg = f"S3 {e.operation_name} on {where} failed: {e}"
             raise StorageError(msg) from e
         except (NoCredentialsError, PartialCredentialsError) as e:
-            raise StorageError(
-                f"no AWS credentials found for {where} ({e}): set AWS_PROFILE or "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure`"
-            ) from e
+            raise StorageError(f"no AWS credentials found for {where} ({e}): {CREDENTIALS_ADVICE}") from e
         except BotoConnectionError as e:
             endpoint = e.kwargs.get("endpoint_url") or self._client.meta.endpoint_url
             raise StorageError(
