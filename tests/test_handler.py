@@ -110,6 +110,7 @@ def test_version_mismatch_fails_each_call_with_advice(tmp_path, versions, text):
 
 
 def test_version_mismatch_reaches_the_host_as_one_clear_error(executor):
+    # private: no public way to make a host announce other versions than its workers' (past the AWS preflight)
     executor._host_versions = dict(executor._host_versions, python="3.1")
     with pytest.raises(dask_wren.VersionMismatchError, match="python differs"):
         executor.call_async(env_value, "X").result()
