@@ -385,16 +385,18 @@ def test_a_crashed_event_is_retried_when_the_function_retries(aws, function, tmp
 
 @pytest.mark.parametrize("retries", [0, 1, 2])
 def test_an_event_past_the_function_timeout_is_killed_and_records_nothing(aws, function, retries):
-    name = function(f"timeout-1s-{retries}", timeout=1, retries=retries)
+    # 2 s: the handler's watchdog would act at 1.5 s (the context's deadline less its margin) if the
+    # function had not taken the GIL by then; 1 s left too little room on a loaded machine
+    name = function(f"timeout-2s-{retries}", timeout=2, retries=retries)
     store = store_of(aws)
     event, job = make_event(store, hold_the_gil, [30], timeout=60)  # the event's own timeout does not matter
     request_id = request_id_of(invoke_event(aws.lambda_client(), aws, event, name))
     runs = aws.endpoint.wait_settled(request_id)
     assert [(r.attempt, r.outcome) for r in runs] == [(i, "timeout") for i in range(1 + retries)]
     for run in runs:
-        # killed at the function's Timeout (1 s), not the event's (60 s), and not before it
-        assert "past its timeout of 1 s" in run.detail, run.detail
-        assert run.ended - run.started >= 1.0
+        # killed at the function's Timeout (2 s), not the event's (60 s), and not before it
+        assert "past its timeout of 2 s" in run.detail, run.detail
+        assert run.ended - run.started >= 2.0
     assert len(aws.endpoint.executions(job_id=job, call_id=protocol.call_id_for(0))) == 1 + retries
     assert record(store, job, 0) is None
     counters = aws.faults.snapshot()
