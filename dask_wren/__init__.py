@@ -3,6 +3,7 @@
 from dask_wren.config import Settings
 from dask_wren.errors import (
     BackendError,
+    ConfigError,
     RemoteError,
     SerializationError,
     VersionMismatchError,
@@ -43,6 +44,7 @@ __all__ = [
     "VersionMismatchError",
     "WorkerDiedError",
     "WrenError",
+    "ConfigError",
     "WrenFuture",
     "WrenTimeoutError",
     "as_completed",

@@ -75,6 +75,12 @@ class Monitor:
                 self._thread.start()
         self._wake.set()
 
+    @property
+    def watched_jobs(self) -> list[str]:
+        """The jobs that still have futures waiting for their records."""
+        with self._lock:
+            return list(self._jobs)
+
     def forget(self, job_id: str, call_id: str) -> None:
         """Stop watching one call (it was cancelled)."""
         with self._lock:

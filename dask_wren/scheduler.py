@@ -28,6 +28,7 @@ already in the cache.  Remote tasks that become ready together go out as one job
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import queue
 import sys
@@ -58,6 +59,8 @@ from dask_wren.executor import Executor
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
 from lambda_worker.dask_task import run_task
+
+logger = logging.getLogger("dask_wren")
 
 LOCAL, REMOTE = "local", "remote"
 _MARKER = "__wren_placement__"
@@ -372,8 +375,8 @@ class _Compute:
             doomed, self.doomed = self.doomed, []
             try:
                 self.executor.storage.delete(doomed)
-            except Exception:  # the job prefix is removed at the end anyway
-                pass
+            except Exception as e:  # the job prefix is removed at the end anyway
+                logger.debug("wren_get: released intermediates not deleted yet (%s): %s", len(doomed), e)
 
     def close(self) -> None:
         for future in list(self.futures):

@@ -235,8 +235,7 @@ def test_a_long_lived_executor_keeps_nothing_of_finished_computes():
         assert len(refs) >= 3 * 9  # each compute's futures (8 partitions at least) and listener
         assert [r() for r in refs if r() is not None] == []  # no futures or graphs held on to
         assert ex.wait(return_when=dask_wren.ALWAYS) == ([], [])  # nor futures of its own
-        # private read: the monitor has no public view of the jobs it still watches
-        assert ex.monitor._jobs == {}
+        assert ex.monitor.watched_jobs == []
 
 
 # -- callbacks, failures, nesting ---------------------------------------------------------------

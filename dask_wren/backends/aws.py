@@ -213,6 +213,12 @@ class AWSLambdaBackend(ProgressListeners):
         if pool is not None:
             pool.close()
 
+    @property
+    def in_flight(self) -> int:
+        """Invocations sent (or being sent) whose calls are not all done: what the cap counts."""
+        with self._cond:
+            return len(self._in_flight)
+
     def invoker_pids(self) -> list[int]:
         """The invoker processes' ids (none before the first invoke, or with invoker-processes 0)."""
         pool = self._pool
