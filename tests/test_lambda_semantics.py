@@ -106,6 +106,7 @@ def test_a_call_timeout_longer_than_the_functions_is_refused_before_any_invoke(l
     with executor(lam, invoke_threads=5) as ex:
         with pytest.raises(dask_wren.BackendError, match=rf"\(30 s, .*\({FUNCTION_TIMEOUT} s, its Timeout\)"):
             ex.map(abs, [-1], timeout=30)
+    with executor(lam, invoke_threads=5, prefix="other") as other:
         with pytest.raises(dask_wren.BackendError, match="deployed for prefix 'dask-wren'"):
-            executor(lam, invoke_threads=5, prefix="other").map(abs, [-1])
+            other.map(abs, [-1])
     assert len(lam.executions()) == before
