@@ -74,3 +74,13 @@ def hold_the_gil(seconds):
 def nap(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def hog(megabytes):
+    """Run remotely: hold ``megabytes`` of memory and keep touching every page until killed."""
+    block = bytearray(megabytes << 20)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in range(0, len(block), 4096):
+            block[i] = (block[i] + 1) & 0xFF
+    return len(block)

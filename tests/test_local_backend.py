@@ -19,7 +19,7 @@ from dask_wren.shipping import pickle_payload
 from lambda_worker import local_runtime, protocol, serialize
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.local import LocalStorage
-from tests.conftest import gate, hold_the_gil, nap, wait_for_path
+from tests.conftest import gate, hog, hold_the_gil, nap, wait_for_path
 from tests.test_handler import make_event, read
 from tests.test_s3_end_to_end import s3_endpoint  # noqa: F401  (fixture)
 
@@ -123,14 +123,6 @@ def sigkill(_):
 
     os.kill(os.getpid(), signal.SIGKILL)
 
-
-def hog(megabytes):
-    block = bytearray(megabytes << 20)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for i in range(0, len(block), 4096):
-            block[i] = (block[i] + 1) & 0xFF
-    return len(block)
 
 
 class Pool:

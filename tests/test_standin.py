@@ -21,7 +21,7 @@ from dask_wren.testing import RuntimeAPIServer, RuntimeInitError, aws_standin
 from lambda_worker import protocol, serialize
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.s3 import S3Storage
-from tests.conftest import hold_the_gil, nap
+from tests.conftest import hog, hold_the_gil, nap
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,15 +80,6 @@ def touch_and_square(arg):
 
 
 
-
-def hog(megabytes):
-    """Holds ``megabytes`` of memory and keeps touching every page until it is killed."""
-    block = bytearray(megabytes << 20)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for i in range(0, len(block), 4096):
-            block[i] = (block[i] + 1) & 0xFF
-    return len(block)
 
 
 def mark_and_wait(arg):
