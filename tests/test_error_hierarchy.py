@@ -15,9 +15,8 @@ from lambda_worker.storage.local import LocalStorage
 
 
 def test_one_base_class_on_both_sides():
-    import lambda_worker.errors
-
     import dask_wren.errors
+    import lambda_worker.errors
 
     assert dask_wren.WrenError is dask_wren.errors.WrenError is lambda_worker.errors.WrenError
     assert dask_wren.StorageError is StorageError
