@@ -1,6 +1,6 @@
 """The local backend's stand-in for the Lambda runtime: one warm worker process.
 
-Started by the host as ``python -m lambda_worker.local_runtime FD MEMORY_MB NAME`` in an empty
+Started by the host as ``python -m lambda_worker.local_runtime FD MEMORY_MB NAME HOST_PID`` in an empty
 directory with a clean ``sys.path``, so it sees installed packages only, as Lambda does.  It
 receives invocations over the socket ``FD`` and runs them in order with the real
 ``lambda_handler`` and a Lambda-like context, reporting each one done.  The host may send one
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -80,8 +81,27 @@ def _take(message: tuple, pending: deque, withdrawn: set[str]) -> None:
         pending.append(None)
 
 
+def die_with_host(host_pid: int) -> None:
+    """End this worker when its host dies, however it dies (SIGKILL included), so a killed
+    notebook kernel leaves no worker running its calls: Linux's parent-death signal.  Elsewhere
+    the worker still ends at its next idle read (EOF on the host's socket)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the EOF on the socket remains
+            pass
+    if os.getppid() != host_pid:  # the host died before the signal was armed
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def main() -> None:
-    fd, memory_mb, function_name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    fd, memory_mb, function_name, host_pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    die_with_host(host_pid)
     faulthandler.enable()
     serve(Connection(fd), memory_mb, function_name)
 

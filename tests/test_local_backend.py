@@ -3,6 +3,8 @@ its modes (no failure records, memory limit, the timeout backstop)."""
 
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from multiprocessing import Pipe
@@ -204,3 +206,45 @@ def test_the_runtime_tells_a_handler_that_raised_from_one_that_returned(tmp_path
     thread.join(10)
     assert replies[1][:2] == ("done", "A") and replies[1][2]["handler_raised"]
     assert replies[2][:2] == ("done", "B") and replies[2][2]["handler_error"] and "handler_raised" not in replies[2][2]
+
+
+_DOOMED_HOST = r"""
+import os, sys, time
+import dask_wren
+
+def busy(path):
+    open(path, "w").close()
+    time.sleep(90)
+
+ex = dask_wren.local_executor(workers=2, storage_dir=os.path.join(sys.argv[1], "store"))
+marks = [os.path.join(sys.argv[1], f"started-{i}") for i in range(2)]
+ex.map(busy, marks)
+while not all(os.path.exists(m) for m in marks):  # both workers are running a call
+    time.sleep(0.02)
+print(*ex.backend.worker_pids(), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has ended; only its entry waits for a reaper
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_end_with_a_host_that_is_killed(tmp_path):
+    """A SIGKILLed host (a killed notebook kernel) leaves no worker running its calls."""
+    host = subprocess.Popen([sys.executable, "-c", _DOOMED_HOST, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in host.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in pids), "workers outlived their killed host"

@@ -108,7 +108,9 @@ class _Worker:
         parent, child = socket.socketpair()
         self.log_path = os.path.join(log_dir, f"worker-{self.id}.log")
         self.log = open(self.log_path, "wb")
-        cmd = python_command("-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name)
+        cmd = python_command(
+            "-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name, str(os.getpid())
+        )
         self.proc = subprocess.Popen(
             cmd, cwd=log_dir, env=clean_environment(), pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
