@@ -237,10 +237,14 @@ class _Invocation:
 
 
 class _TailBuffer(io.TextIOBase):
-    """Keeps only the last ``limit`` characters written: bounded memory for chatty functions."""
+    """Keeps only the last ``limit`` characters written (bounded memory for chatty functions), and
+    writes each one through to ``echo``, the process's own stream: on Lambda that is the
+    function's CloudWatch log, locally the worker's log file, whose end a dead worker's error
+    quotes, so what a function printed before ``os._exit`` or a signal is not lost with it."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, echo: Any = None):
         self.limit = limit
+        self.echo = echo
         self.chunks: deque[str] = deque()
         self.size = 0
         self.dropped = 0
@@ -249,6 +253,12 @@ class _TailBuffer(io.TextIOBase):
         return True
 
     def write(self, s: str) -> int:
+        if self.echo is not None:
+            try:
+                self.echo.write(s)
+                self.echo.flush()  # a process that ends by os._exit or a signal flushes nothing
+            except (OSError, ValueError):  # a closed or broken stream: the tail is still kept
+                self.echo = None
         if self.limit <= 0:
             self.dropped += len(s)
             return len(s)
@@ -298,7 +308,7 @@ class _CallRunner:
         self.requests = requests
         self.key = protocol.result_key(self.event["prefix"], self.event["job_id"], call["id"])
         limit = int(self.event.get("output_tail", 4096))
-        self.out, self.err = _TailBuffer(limit), _TailBuffer(limit)
+        self.out, self.err = _TailBuffer(limit, sys.__stdout__), _TailBuffer(limit, sys.__stderr__)
 
     def _write(self, status: str, payload: bytes = b"", locked: bool = False) -> str:
         if locked:

@@ -230,3 +230,17 @@ def test_results_that_cannot_be_listed_fail_the_futures_instead_of_hanging(tmp_p
         f = ex.call_async(sleep_for, 0)
         with pytest.raises(dask_wren.StorageError, match="access denied listing"):
             f.result(timeout=30)
+
+
+def last_words_then(how):
+    print("last words before", how, flush=False)  # not even flushed by the function
+    print("and on stderr", file=sys.stderr)
+    die(how)
+
+
+@pytest.mark.parametrize("how", ["_exit", "sigkill", "exit"])
+def test_a_dead_workers_error_quotes_what_the_function_printed(local_executor, how):
+    f = local_executor.call_async(last_words_then, how)
+    with pytest.raises(WorkerDiedError) as info:
+        f.result(timeout=60)
+    assert f"last words before {how}" in str(info.value) and "and on stderr" in str(info.value)
