@@ -314,10 +314,10 @@ class Executor:
                 stats["request_id_sent"] = request_id
                 stats["shipped_modules"] = payload.shipped
                 stats["arg_bytes"] = ranges[i][1]
-        self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
         try:
+            self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
             self.backend.invoke(invocations)
-        except BaseException as e:  # refused (a preflight, say): nothing runs, so no future may wait
+        except BaseException as e:  # refused (a preflight, a broken backend or monitor): no future may wait
             for f in futures:
                 self.monitor.forget(job_id, f.call_id)
                 if not f.done():

@@ -245,6 +245,8 @@ def _exception_from(header: dict[str, Any], payload: bytes, future: WrenFuture) 
         return errors.WorkerDiedError(message)
     if kind == protocol.FAIL_VERSION:
         return errors.VersionMismatchError(message)
+    if kind == protocol.FAIL_BACKEND:
+        return errors.BackendError(message)
     if error.get("traceback"):
         message += f"\n\nRemote traceback:\n{error['traceback'].rstrip()}"
     return errors.WrenError(message)

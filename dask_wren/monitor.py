@@ -12,19 +12,26 @@ State (guarded by ``_lock``; the monitor thread is the only one that reads stora
 A job leaves ``jobs`` when its last future resolves, or when its listing failed
 ``_LIST_FAILURES_ALLOWED`` rounds in a row: then every future of the job fails with the
 ``StorageError`` rather than waiting forever.  Each round's resolved futures go to
-``on_resolved`` as one batch per job.
+``on_resolved`` as one batch per job; what it raises is logged and the rounds go on.  If the
+thread itself raises, every watched future fails with ``BackendError`` and ``watch`` refuses
+new jobs with it (the executor is finished; a new one has its own monitor).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dask_wren import errors
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
 from lambda_worker.storage import Storage, StorageError
+
+logger = logging.getLogger("dask_wren")
 
 _MIN_ROUND_GAP = 0.01  # seconds; bounds LIST requests when many calls finish at once
 _ROUND_COST_FACTOR = 4
@@ -61,10 +68,13 @@ class Monitor:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
+        self._failure: errors.BackendError | None = None  # the thread died: no more watching
         self._thread: threading.Thread | None = None
 
     def watch(self, results_prefix: str, job_id: str, futures: dict[str, WrenFuture]) -> None:
         with self._lock:
+            if self._failure is not None:
+                raise self._failure
             job = self._jobs.get(job_id)
             if job is None:
                 self._jobs[job_id] = _Watched(results_prefix, dict(futures))
@@ -98,6 +108,19 @@ class Monitor:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        try:
+            self._rounds()
+        except BaseException as e:  # a bug here must fail the futures, never leave them waiting
+            logger.error("dask-wren: the result monitor failed", exc_info=e)
+            with self._lock:
+                self._failure = errors.BackendError(
+                    f"the result monitor failed ({type(e).__name__}: {e}); create a new executor"
+                )
+                jobs, self._jobs = list(self._jobs.items()), {}
+            for _job_id, job in jobs:
+                self._fail(list(job.futures.values()), self._failure)
+
+    def _rounds(self) -> None:
         while not self._stopped:
             self._wake.wait(self.poll_interval)
             self._wake.clear()
@@ -117,15 +140,26 @@ class Monitor:
             job.futures.clear()
             if self._jobs.get(job_id) is job:
                 del self._jobs[job_id]
-        failure = StorageError(f"cannot list the results of job {job_id} under {job.prefix!r}: {error}")
+        self._fail(futures, StorageError(f"cannot list the results of job {job_id} under {job.prefix!r}: {error}"))
+
+    def _fail(self, futures: list[WrenFuture], error: Exception) -> None:
         for future in futures:
             if not future.done():
                 try:
-                    future.set_exception(failure)
-                except Exception:
-                    pass  # cancelled meanwhile
-        if self.on_resolved is not None and futures:
+                    future.set_exception(error)
+                except cf.InvalidStateError:
+                    pass  # cancelled meanwhile: it is done either way
+        if futures:
+            self._tell(futures)
+
+    def _tell(self, futures: list[WrenFuture]) -> None:
+        """Hand resolved futures to ``on_resolved``; what it raises is logged, and the monitor goes on."""
+        if self.on_resolved is None:
+            return
+        try:
             self.on_resolved(futures)
+        except Exception:
+            logger.exception("dask-wren: a listener of resolved calls failed (job %s)", futures[0].job_id)
 
     def _read_header(self, key: str) -> bytes:
         """The start of a large record: its whole header and as little payload as possible."""
@@ -166,8 +200,8 @@ class Monitor:
                 if not future.done():
                     future.set_exception(e)
             resolved.append(future)
-        if self.on_resolved is not None and resolved:
-            self.on_resolved(resolved)  # once per round: its consumers take a batch at a time
+        if resolved:
+            self._tell(resolved)  # once per round: its consumers take a batch at a time
         with self._lock:
             if not job.futures and self._jobs.get(job_id) is job:
                 del self._jobs[job_id]

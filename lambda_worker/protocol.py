@@ -40,6 +40,7 @@ FAIL_VERSION = "version"
 FAIL_HANDLER = "handler"  # the handler itself failed, e.g. it could not reach storage
 FAIL_LOST = "lost"  # no result arrived within the call's timeout plus a grace period (AWS)
 FAIL_INVOKE = "invoke"  # the invoke request failed after the client's retries (AWS)
+FAIL_BACKEND = "backend"  # the backend's own machinery failed (a dispatcher thread raised)
 
 _MAGIC = b"WREN"
 _LEN = struct.Struct(">I")

@@ -23,6 +23,9 @@ Transitions:
                      writer wins), so this kill is the backstop for a handler that cannot
     memory        -> with ``memory_limit_mb``, a busy worker whose resident memory exceeds it
                      (polled every ``MEMORY_POLL_INTERVAL`` s) is killed: ``worker_died`` records
+    dispatcher raises -> every invocation it holds (queued, sent, posted) gets ``backend``
+                     records, the workers are killed, the pool closes; later invokes raise
+                     ``BackendError`` and the next executor gets a new pool
     cancel        -> a queued call is dropped; a waiting one is withdrawn; a running invocation
                      whose calls are all cancelled is killed (no record: the future is cancelled)
 
@@ -56,6 +59,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
+from dask_wren.errors import BackendError
 from dask_wren.subprocesses import clean_environment, python_command
 from lambda_worker import protocol
 
@@ -232,7 +236,8 @@ class LocalBackend(ProgressListeners):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._closed = False
-        self._broken: str | None = None
+        self._broken: str | None = None  # workers cannot start: invocations fail at once
+        self._failure: str | None = None  # the dispatcher itself failed: this pool is finished
         self._thread: threading.Thread | None = None
         # dispatcher-thread state
         self._queue: deque[Invocation] = deque()
@@ -246,6 +251,8 @@ class LocalBackend(ProgressListeners):
     def start(self) -> None:
         """Start the worker processes now rather than at the first invoke."""
         with self._lock:
+            if self._failure is not None:
+                raise BackendError(f"{self._failure}; a new executor starts a new pool")
             if self._closed:
                 raise RuntimeError("this local backend has been shut down")
             if self._thread is None:
@@ -254,7 +261,11 @@ class LocalBackend(ProgressListeners):
 
     def invoke(self, invocations: list[Invocation]) -> None:
         self.start()
-        self._post(_Invoke(invocations))
+        with self._lock:  # against _fail_everything: posted before it looks, or refused here
+            if self._failure is None:
+                self._post(_Invoke(invocations))
+                return
+        raise BackendError(f"{self._failure}; a new executor starts a new pool")
 
     def cancel(self, request_id: str, call_id: str) -> None:
         """Returns once the dispatcher has acted: a call waiting in a worker's pipe is withdrawn
@@ -301,24 +312,9 @@ class LocalBackend(ProgressListeners):
 
     def _run(self) -> None:
         try:
-            while True:
-                self._fill_pool()
-                self._dispatch()
-                timeout = self._next_wakeup()
-                ready = wait([self._wake_r] + [w.conn for w in self._workers], timeout)
-                if self._wake_r in ready:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
-                        pass  # drained: every wake-up byte is read
-                    if not self._drain_inbox():
-                        return
-                for w in list(self._workers):
-                    if w.conn in ready:
-                        self._read_worker(w)
-                self._enforce_deadlines()
-                self._enforce_memory()
+            self._loop()
+        except BaseException as e:  # a bug or a failed worker restart: fail what is pending, never hang it
+            self._fail_everything(e)
         finally:
             for w in self._workers:
                 try:
@@ -334,6 +330,44 @@ class LocalBackend(ProgressListeners):
                 w.close()
             self._workers.clear()
             shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """The dispatcher failed: every invocation it held fails with ``backend`` records (the
+        stdlib's broken-pool pattern), the pool closes, and the next executor gets a new one."""
+        logger.error("dask-wren local backend: the dispatcher failed", exc_info=error)
+        with self._lock:
+            self._failure = f"the local backend's dispatcher failed ({type(error).__name__}: {error})"
+            self._closed = True
+            posted = [inv for m in list(self._inbox) if isinstance(m, _Invoke) for inv in m.invocations]
+        pending = list(self._queue) + [inv for w in self._workers for inv in w.sent] + posted
+        self._queue.clear()
+        for inv in pending:
+            if self.records_failures:
+                write_failure_records(inv, protocol.FAIL_BACKEND, self._failure)
+        for w in self._workers:
+            w.kill()
+        self.notify()
+
+    def _loop(self) -> None:
+        """The dispatcher's loop: returns on shutdown; an exception ends the pool (``_run``)."""
+        while True:
+            self._fill_pool()
+            self._dispatch()
+            timeout = self._next_wakeup()
+            ready = wait([self._wake_r] + [w.conn for w in self._workers], timeout)
+            if self._wake_r in ready:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass  # drained: every wake-up byte is read
+                if not self._drain_inbox():
+                    return
+            for w in list(self._workers):
+                if w.conn in ready:
+                    self._read_worker(w)
+            self._enforce_deadlines()
+            self._enforce_memory()
 
     def _drain_inbox(self) -> bool:
         while self._inbox:
