@@ -131,6 +131,32 @@ _KEYS = {
 SETTING_NAMES = frozenset(_KEYS)
 
 
+def as_dask_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{"bucket": b}`` (setting names) as ``{"wren.storage.bucket": b}`` (dask.config keys)."""
+    return {_KEYS[name]: value for name, value in settings.items()}
+
+
+def aws_settings(
+    *, bucket: str, s3_url: str | None, region: str, function_name: str, lambda_url: str | None = None, prefix: str | None = None
+) -> dict[str, Any]:
+    """The settings that point an executor at an AWS deployment: S3 ``bucket`` at ``s3_url``,
+    the Lambda function ``function_name`` (at ``lambda_url`` for an offline stand-in)."""
+    values: dict[str, Any] = {
+        "backend": "aws",
+        "storage": "s3",
+        "bucket": bucket,
+        "endpoint_url": s3_url,
+        "region": region,
+        "aws_region": region,
+        "function_name": function_name,
+    }
+    if lambda_url is not None:
+        values["lambda_endpoint_url"] = lambda_url
+    if prefix is not None:
+        values["prefix"] = prefix
+    return values
+
+
 def make_storage(settings: Settings):
     """The store the settings describe."""
     if settings.storage == "s3":

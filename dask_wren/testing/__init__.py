@@ -56,6 +56,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from dask_wren.config import as_dask_config, aws_settings
 from dask_wren.testing.lambda_endpoint import (
     DEFAULT_RETRY_DELAYS,
     Execution,
@@ -102,28 +103,11 @@ class StandIn:
     dask_config: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.settings_overrides = {
-            "backend": "aws",
-            "storage": "s3",
-            "bucket": self.bucket,
-            "endpoint_url": self.s3_url,
-            "region": self.region,
-            "aws_region": self.region,
-            "lambda_endpoint_url": self.lambda_url,
-            "function_name": self.function_name,
-            "prefix": self.prefix,
-        }
-        self.dask_config = {
-            "wren.backend": "aws",
-            "wren.storage.kind": "s3",
-            "wren.storage.bucket": self.bucket,
-            "wren.storage.endpoint-url": self.s3_url,
-            "wren.storage.region": self.region,
-            "wren.aws.region": self.region,
-            "wren.aws.lambda-endpoint-url": self.lambda_url,
-            "wren.aws.function-name": self.function_name,
-            "wren.storage.prefix": self.prefix,
-        }
+        self.settings_overrides = aws_settings(
+            bucket=self.bucket, s3_url=self.s3_url, region=self.region, function_name=self.function_name,
+            lambda_url=self.lambda_url, prefix=self.prefix,
+        )
+        self.dask_config = as_dask_config(self.settings_overrides)
 
     def ensure_bucket(self) -> StandIn:
         """Create the bucket again if it is gone (moto's in-process mocks reset the state that

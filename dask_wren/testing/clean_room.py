@@ -70,7 +70,7 @@ from typing import Any
 
 from dask_wren import deploy
 from dask_wren.backends.base import Invocation, ProgressListeners, write_failure_records
-from dask_wren.config import Settings
+from dask_wren.config import Settings, aws_settings
 from dask_wren.deploy import layer
 from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
 from lambda_worker import protocol
@@ -537,17 +537,8 @@ class CleanRoom:
 
     def settings(self, **overrides: Any) -> Settings:
         """Executor settings for this room: backend aws, S3 storage on the room's endpoint."""
-        values: dict[str, Any] = {
-            "backend": "aws",
-            "storage": "s3",
-            "bucket": self.bucket,
-            "endpoint_url": self.s3_url,
-            "region": self.region,
-            "aws_region": self.region,
-            "function_name": self.function_name,
-        }
-        values.update(overrides)
-        return Settings.from_config(**values)
+        values = aws_settings(bucket=self.bucket, s3_url=self.s3_url, region=self.region, function_name=self.function_name)
+        return Settings.from_config(**{**values, **overrides})
 
     def executor(self, **overrides: Any):
         """An ``Executor`` whose invocations run in this room."""
