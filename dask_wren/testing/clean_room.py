@@ -173,16 +173,21 @@ def _cached_zips(cache: Path, name: str, key: dict[str, Any], build: Callable[[P
             shutil.move(str(built), tmp / names[-1])
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "manifest.json").write_text(json.dumps({"zips": names, "key": key}, indent=1, sort_keys=True))
-        if entry.exists():  # a broken entry, or another process won the race: ours replaces it
-            shutil.rmtree(entry, ignore_errors=True)
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not manifest.is_file():
-                raise
+        _publish(tmp, entry, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [entry / n for n in names], False
+
+
+def _publish(tmp: Path, entry: Path, done: Path) -> None:
+    """Move a finished cache entry into place; a broken old entry is replaced, and a race lost to
+    another process that published a complete entry (``done`` exists) is fine."""
+    shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not done.is_file():
+            raise
 
 
 def cached_layers(
@@ -277,12 +282,7 @@ def cached_runtime(cache: Path | None = None, out: Callable[[str], None] = logge
             raise CleanRoomError(f"could not install {requirement} for the clean room (pip must reach PyPI):\n{tail}")
         shutil.rmtree(tmp / "bin", ignore_errors=True)
         (tmp / marker.name).write_text(requirement)
-        shutil.rmtree(entry, ignore_errors=True)
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not marker.is_file():
-                raise
+        _publish(tmp, entry, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry, False
