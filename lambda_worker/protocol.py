@@ -11,7 +11,8 @@ Key layout under ``{prefix}/{job_id}/``::
                               reads its byte range
     calls/{invocation}.json   an invocation's call list, when it would make the event too large
     env.json                  the job's extra_env, when it would make the event too large
-    r/{shard}/{call_id}       one result record per call
+    r/{shard}/{call_id}       the result record of a call's first attempt
+    r/{shard}/{call_id}.{n}   the record of its attempt n (a retry or a backup, n >= 1)
 
 A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).
 """
@@ -23,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: results and arguments spread over key shards
+PROTOCOL_VERSION = 3  # 2: results and arguments spread over key shards; 3: a record per attempt
 
 #: Result statuses.  ``ok``: the function returned.  ``error``: the function raised.
 #: ``failed``: the call could not run to the end (setup error, dead worker, timeout, ...).
@@ -41,6 +42,7 @@ FAIL_HANDLER = "handler"  # the handler itself failed, e.g. it could not reach s
 FAIL_LOST = "lost"  # no result arrived within the call's timeout plus a grace period (AWS)
 FAIL_INVOKE = "invoke"  # the invoke request failed after the client's retries (AWS)
 FAIL_BACKEND = "backend"  # the backend's own machinery failed (a dispatcher thread raised)
+FAIL_STORAGE = "storage"  # storage failed the worker after the client's own retries (5xx, network)
 
 _MAGIC = b"WREN"
 _LEN = struct.Struct(">I")
@@ -85,13 +87,27 @@ def results_prefix(prefix: str, job_id: str) -> str:
     return f"{prefix}/{job_id}/r/"
 
 
-def result_name(call_id: str) -> str:
-    """A result's key below ``results_prefix``: ``{shard}/{call_id}``."""
-    return f"{shard_of(call_id)}/{call_id}"
+def result_name(call_id: str, attempt: int = 0) -> str:
+    """A record's key below ``results_prefix``: ``{shard}/{call_id}``, or ``{shard}/{call_id}.{attempt}``
+    for a later attempt.  Every attempt writes a key of its own (first writer wins per key, against
+    duplicate deliveries of the same attempt); ``.`` sorts before digits, so a listing still
+    returns the records in call order."""
+    name = f"{shard_of(call_id)}/{call_id}"
+    return f"{name}.{attempt}" if attempt else name
 
 
-def result_key(prefix: str, job_id: str, call_id: str) -> str:
-    return f"{prefix}/{job_id}/r/{result_name(call_id)}"
+def parse_result_name(name: str) -> tuple[str, int]:
+    """``(call_id, attempt)`` of a record's key (its last part is enough)."""
+    call_id, _, attempt = name.rsplit("/", 1)[-1].partition(".")
+    return call_id, int(attempt) if attempt else 0
+
+
+#: Sorts after every attempt of a call and before the next call (see ``result_name``).
+AFTER_ATTEMPTS = "~"
+
+
+def result_key(prefix: str, job_id: str, call_id: str, attempt: int = 0) -> str:
+    return f"{prefix}/{job_id}/r/{result_name(call_id, attempt)}"
 
 
 def call_id_for(index: int) -> str:
