@@ -33,7 +33,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any
 
 from lambda_worker import protocol, serialize
-from lambda_worker.storage import KeyNotFound, Storage, StorageDenied, storage_from_spec
+from lambda_worker.storage import KeyNotFound, Storage, StorageDenied, StorageError, storage_from_spec
 
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
 PROCESS_START = time.time()
@@ -306,7 +306,7 @@ class _CallRunner:
         self.header: dict[str, Any] = dict(base, call_id=call["id"])
         self.header["timings"] = dict(base["timings"])
         self.requests = requests
-        self.key = protocol.result_key(self.event["prefix"], self.event["job_id"], call["id"])
+        self.key = protocol.result_key(self.event["prefix"], self.event["job_id"], call["id"], base["attempt"])
         limit = int(self.event.get("output_tail", 4096))
         self.out, self.err = _TailBuffer(limit, sys.__stdout__), _TailBuffer(limit, sys.__stderr__)
 
@@ -332,11 +332,11 @@ class _CallRunner:
 
     def _put_bare(self, error: Exception) -> str:
         """The record could not be written: try a failure record without payload, then give up loudly."""
-        if self.header.get("error", {}).get("kind") != protocol.FAIL_RESULT or self.header.get("status") != protocol.STATUS_FAILED:
+        if self.header.get("error", {}).get("kind") != protocol.FAIL_STORAGE or self.header.get("status") != protocol.STATUS_FAILED:
             self.header.pop("result_bytes", None)
             self.header["status"] = protocol.STATUS_FAILED
             self.header["error"] = {
-                "kind": protocol.FAIL_RESULT,
+                "kind": protocol.FAIL_STORAGE,
                 "message": f"the call's record could not be written to storage: {type(error).__name__}: {error}",
             }
             try:
@@ -413,6 +413,8 @@ class _CallRunner:
             self.requests += self.invocation.requests - fetched
         except (KeyNotFound, StorageDenied) as e:
             return self.fail(protocol.FAIL_SETUP, _MISSING_PAYLOAD.format(detail=e))
+        except StorageError as e:  # outlived the client's retries: the host may try the call again
+            return self.fail(protocol.FAIL_STORAGE, f"storage failed while loading the call: {e}")
         except Exception as e:
             _hint_missing_module(e)
             return self.fail(protocol.FAIL_SETUP, "could not load the function or its argument on the worker", e)

@@ -34,7 +34,7 @@ STATUS_FAILED = "failed"
 
 #: Failure kinds carried in ``header["error"]["kind"]`` for ``failed`` records.
 FAIL_SETUP = "setup"  # function or arguments could not be loaded on the worker
-FAIL_RESULT = "result"  # the return value could not be pickled or stored
+FAIL_RESULT = "result"  # the return value could not be pickled
 FAIL_WORKER_DIED = "worker_died"
 FAIL_TIMEOUT = "timeout"
 FAIL_VERSION = "version"

@@ -257,7 +257,7 @@ def test_a_record_that_cannot_be_written_becomes_a_failure_record(tmp_path, monk
     summary = handler.lambda_handler(event, FakeContext())
     assert summary["statuses"] == {protocol.STATUS_FAILED: 1} and "handler_error" not in summary
     header, _ = read(store, 0)
-    assert header["error"]["kind"] == protocol.FAIL_RESULT and "could not be written" in header["error"]["message"]
+    assert header["error"]["kind"] == protocol.FAIL_STORAGE and "could not be written" in header["error"]["message"]
 
 
 def test_a_store_that_refuses_every_write_is_reported_not_raised(tmp_path, monkeypatch, capsys):
