@@ -42,7 +42,9 @@ State (guarded by ``_cond``):
     ceiling    how many invocations may be in flight now (the ramp); Lambda counts concurrency
                in executions, one per invocation whatever its number of calls
 Sender threads take from ``queue`` while the invocations in flight stay under the ceiling; a watchdog
-thread writes records for lost calls.
+thread writes records for lost calls.  An exception escaping one of these threads, or invoker processes
+that cannot be restarted, finish the backend (``_fail_everything``): every invocation it holds gets
+``backend`` records, later invokes raise ``BackendError``, and the next executor gets a new backend.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class AWSLambdaBackend(ProgressListeners):
         self.deployment: Deployment | None = None
         self._jobs_checked: set[tuple[Any, ...]] = set()
         self._closed = False
+        self._failure: str | None = None  # one of its threads failed: this backend is finished
         self.sent = 0  # invoke requests accepted by Lambda (for diagnostics and benchmarks)
         self.throttled = 0  # invokes that botocore gave up on and that were sent again after a pause
         self.throttle_timeout = settings.throttle_timeout
@@ -166,7 +169,9 @@ class AWSLambdaBackend(ProgressListeners):
         self._check_jobs(invocations)
         if self._processes and (self._pool is None or self._pool.broken):
             self._start_invokers()
-        with self._cond:
+        with self._cond:  # against _fail_everything: queued before it looks, or refused here
+            if self._failure is not None:
+                raise BackendError(f"{self._failure}; a new executor starts a new backend")
             if self._closed:
                 raise RuntimeError("this AWS backend has been shut down")
             if not self._in_flight and not self._queue:
@@ -384,12 +389,46 @@ class AWSLambdaBackend(ProgressListeners):
         if self._threads:
             return
         for i in range(self._threads_wanted):
-            t = threading.Thread(target=self._sender, name=f"dask-wren-invoke-{i}", daemon=True)
+            t = threading.Thread(
+                target=self._guarded, args=(self._sender, "sender thread"), name=f"dask-wren-invoke-{i}", daemon=True
+            )
             t.start()
             self._threads.append(t)
-        w = threading.Thread(target=self._watchdog, name="dask-wren-lost-calls", daemon=True)
+        w = threading.Thread(
+            target=self._guarded, args=(self._watchdog, "lost-call watchdog"), name="dask-wren-lost-calls", daemon=True
+        )
         w.start()
         self._threads.append(w)
+
+    def _guarded(self, loop: Any, name: str) -> None:
+        """Run a thread's loop; an exception escaping it finishes the backend rather than leaving
+        the calls it was to send or watch waiting forever."""
+        try:
+            loop()
+        except BaseException as e:  # a bug, or invoker processes that cannot restart
+            self._fail_everything(e, name)
+
+    def _fail_everything(self, error: BaseException, name: str) -> None:
+        """Every invocation this backend holds (queued or in flight) fails with ``backend`` records
+        (the stdlib's broken-pool pattern); later invokes are refused, and ``shared_backend`` gives
+        the next executor a new backend."""
+        with self._cond:
+            if self._closed:  # shut down, or failed already: nothing is owed any more
+                return
+            self._failure = f"the AWS backend's {name} failed ({type(error).__name__}: {error})"
+            self._closed = True
+            pending = list(self._queue) + [entry.invocation for entry in self._in_flight.values()]
+            self._queue.clear()
+            self._in_flight.clear()
+            self._cond.notify_all()
+        logger.error("dask-wren: %s", self._failure, exc_info=error)
+        for inv in pending:
+            write_failure_records(inv, protocol.FAIL_BACKEND, self._failure)
+        self.notify()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _ceiling(self, now: float) -> int:
         if self._ramp_start is None:
@@ -440,6 +479,8 @@ class AWSLambdaBackend(ProgressListeners):
                     continue
                 self._lost(inv, protocol.FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
                 continue
+            except aws_invoker.InvokerStartError:
+                raise  # no invoker process can send anything: the backend is finished (_guarded)
             except Exception as e:  # after botocore's retries: this invocation will not run
                 self._lost(inv, protocol.FAIL_INVOKE, f"the invoke request to Lambda failed: {e}")
                 continue

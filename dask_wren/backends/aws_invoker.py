@@ -24,7 +24,9 @@ when its parent process changes (the host died while another process held the pi
 
 A child that dies does not hang anything: its reader thread sees EOF and every request it held is
 sent again on another (or a restarted) child, up to ``_RESENDS`` times; an invoke sent twice is
-harmless, as Lambda delivers at least once and result records are first-writer-wins.
+harmless, as Lambda delivers at least once and result records are first-writer-wins.  A child that
+cannot be restarted, or a reply reader that raises, breaks the pool: ``invoke`` then raises
+``InvokerStartError`` with the cause, and the backend fails every call it holds (``BackendError``).
 """
 
 from __future__ import annotations
@@ -261,6 +263,9 @@ class _Child:
                     slot.set(kind, body)
         except (OSError, ValueError) as e:  # the pipe broke or was closed: the child is gone either way
             logger.debug("dask-wren invoker %d: its reply pipe failed: %s", self.proc.pid, e)
+        except Exception as e:  # a bug: no reply can be read any more, so the pool is broken
+            self.pool._broke(f"an invoker process's reply reader failed ({type(e).__name__}: {e})")
+            self.proc.kill()
         self._died()
 
     def _died(self) -> None:
@@ -341,7 +346,7 @@ class InvokerPool:
                 _, type_name, message = pickle.loads(slot.body)
                 raise InvokerFailed(type_name, message)
         if self._failure is not None:
-            raise InvokerStartError(f"an invoker process could not restart: {self._failure}")
+            raise InvokerStartError(self._failure)
         raise InvokerFailed("InvokerDied", f"the invoker process sending this request died {_RESENDS + 1} times")
 
     def close(self) -> None:
@@ -372,7 +377,7 @@ class InvokerPool:
             if self._closed:
                 raise InvokerStartError("the invoker processes were shut down")
             if self._failure is not None:
-                raise InvokerStartError(f"an invoker process could not restart: {self._failure}")
+                raise InvokerStartError(self._failure)
             for i, child in enumerate(self._children):
                 if child is None or not child.alive:
                     if child is not None:
@@ -382,9 +387,13 @@ class InvokerPool:
 
     def _child_died(self, child: _Child) -> None:
         if child.failure is not None:
-            with self._lock:
-                if not self._closed:
-                    self._failure = child.failure
+            self._broke(f"an invoker process could not restart: {child.failure}")
+
+    def _broke(self, failure: str) -> None:
+        """No request can be sent any more: ``invoke`` raises ``InvokerStartError(failure)``."""
+        with self._lock:
+            if not self._closed and self._failure is None:
+                self._failure = failure
 
     def _client_error(self, response: dict[str, Any], operation_name: str) -> Exception:
         code = response.get("Error", {}).get("Code", "")
