@@ -4,6 +4,7 @@ from dask_wren.config import Settings
 from dask_wren.errors import (
     BackendError,
     ConfigError,
+    IntegrityError,
     RemoteError,
     SerializationError,
     VersionMismatchError,
@@ -37,6 +38,7 @@ __all__ = [
     "BackendError",
     "Executor",
     "FIRST_COMPLETED",
+    "IntegrityError",
     "RemoteError",
     "SerializationError",
     "Settings",

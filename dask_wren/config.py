@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.config
@@ -53,6 +53,7 @@ class Settings:
     throttle_timeout: float = 600.0
     lost_call_grace: float = 60.0
     lost_call_retries: int = 2
+    signing_key: str | None = field(default=None, repr=False)  # hex; written by ``dask-wren deploy`` (0600)
 
     @classmethod
     def from_config(cls, **overrides: Any) -> Settings:
@@ -124,6 +125,7 @@ _KEYS = {
     "throttle_timeout": "wren.aws.throttle-timeout",
     "lost_call_grace": "wren.aws.lost-call-grace",
     "lost_call_retries": "wren.aws.lost-call-retries",
+    "signing_key": "wren.aws.signing-key",
 }
 
 
@@ -137,10 +139,12 @@ def as_dask_config(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def aws_settings(
-    *, bucket: str, s3_url: str | None, region: str, function_name: str, lambda_url: str | None = None, prefix: str | None = None
+    *, bucket: str, s3_url: str | None, region: str, function_name: str, signing_key: str,
+    lambda_url: str | None = None, prefix: str | None = None,
 ) -> dict[str, Any]:
     """The settings that point an executor at an AWS deployment: S3 ``bucket`` at ``s3_url``,
-    the Lambda function ``function_name`` (at ``lambda_url`` for an offline stand-in)."""
+    the Lambda function ``function_name`` (at ``lambda_url`` for an offline stand-in) and the
+    key its payloads are signed with (hex)."""
     values: dict[str, Any] = {
         "backend": "aws",
         "storage": "s3",
@@ -149,6 +153,7 @@ def aws_settings(
         "region": region,
         "aws_region": region,
         "function_name": function_name,
+        "signing_key": signing_key,
     }
     if lambda_url is not None:
         values["lambda_endpoint_url"] = lambda_url

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lambda_worker.signing import KEY_VARIABLE
+
 #: The versions a pickle needs equal on both sides, by the environment variable that records each.
 VERSION_VARIABLES: dict[str, str] = {
     "python": "DASK_WREN_PYTHON",
@@ -45,19 +47,22 @@ def host_versions() -> dict[str, str]:
 
 
 def function_environment(
-    versions: Mapping[str, str], *, bucket: str | None = None, prefix: str | None = None
+    versions: Mapping[str, str], *, bucket: str | None = None, prefix: str | None = None, signing_key: str | None = None
 ) -> dict[str, str]:
     """What the function was deployed for; the invoker checks these against its host before invoking.
 
     The four ``DASK_WREN_{PYTHON,CLOUDPICKLE,DASK,PROTOCOL}`` are versions, compared with the host's;
     ``DASK_WREN_BUCKET`` and ``DASK_WREN_PREFIX`` are where the function may read and write (its
-    role allows nothing else), compared with the executor's storage.
+    role allows nothing else), compared with the executor's storage; ``DASK_WREN_SIGNING_KEY`` is
+    the key the workers check payloads and sign records with, compared with the host's.
     """
     env = {variable: versions[name] for name, variable in VERSION_VARIABLES.items()}
     if bucket is not None:
         env[BUCKET_VARIABLE] = bucket
     if prefix is not None:
         env[PREFIX_VARIABLE] = prefix
+    if signing_key is not None:
+        env[KEY_VARIABLE] = signing_key
     return env
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from lambda_worker.errors import WrenError
+from lambda_worker.errors import IntegrityError, WrenError
 
 __all__ = [
     "BackendError",
     "ConfigError",
+    "IntegrityError",
     "RemoteError",
     "SerializationError",
     "VersionMismatchError",

@@ -43,6 +43,7 @@ from dask_wren.config import Settings, make_storage
 from dask_wren.futures import ALL_COMPLETED, WrenFuture, get_all_results, wait
 from dask_wren.monitor import Monitor
 from dask_wren.shipping import pickle_payload
+from dask_wren.signing import host_key
 from lambda_worker import protocol, serialize
 from lambda_worker.storage import Storage
 
@@ -50,7 +51,7 @@ logger = logging.getLogger("dask_wren")
 
 #: An event larger than this keeps its call list in storage (Lambda's async limit is 256 KiB).
 MAX_EVENT_BYTES = 200 * 1024
-_MAX_CALL_JSON = 80  # bytes of one call's entry in the event, at most (id and two integers)
+_MAX_CALL_JSON = 160  # bytes of one call's entry in the event, at most (id, two integers, a MAC)
 
 
 class Executor:
@@ -74,6 +75,7 @@ class Executor:
         self._lock = threading.Lock()
         self._closed = False
         self._cancel_hook = self._cancel  # one bound method for all futures
+        self.signing_key = host_key(self.settings)
         self.monitor = Monitor(
             self.storage, self.settings.poll_interval, self.settings.result_inline_limit, on_resolved=self._call_done
         )
@@ -152,7 +154,10 @@ class Executor:
                         logger.debug("reduce %s: result cancelled before its input failed", job_id)
                     return
             spec = self.storage.spec()
-            arg = [protocol.StorageRef(f.key) if f.storage.spec() == spec else f.result() for f in futures]
+            arg = [
+                protocol.StorageRef(f.key) if f.storage.spec() == spec and f.signing_key == self.signing_key else f.result()
+                for f in futures
+            ]
             try:
                 self._submit(func, [arg], extra_env, (), (), 1, timeout, job_id=job_id, futures=[out])
             except BaseException as e:
@@ -214,7 +219,7 @@ class Executor:
         return job_id
 
     def _make_future(self, job_id: str, call_id: str, tracked: bool = True) -> WrenFuture:
-        f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id)
+        f = WrenFuture(self.storage, protocol.result_key(self.settings.prefix, job_id, call_id), job_id, call_id, self.signing_key)
         f._on_cancel = self._cancel_hook
         if tracked:
             with self._lock:
@@ -274,16 +279,21 @@ class Executor:
             futures = [self._make_future(job_id, c) for c in call_ids]
         if not items:
             return futures
-        self.storage.put(protocol.func_key(prefix, job_id), payload.func)
+        key = self.signing_key
+        func_key = protocol.func_key(prefix, job_id)
+        self.storage.put(func_key, protocol.sign_object(key, func_key, payload.func))
         ranges = []  # (offset, length) of each call's argument within its shard's object
+        macs = []  # each call's argument's MAC (the worker reads its range only)
         per_shard = protocol.CALLS_PER_SHARD
         for first in range(0, len(items), per_shard):
             blobs = payload.args[first : first + per_shard]
+            args_key = protocol.args_key(prefix, job_id, protocol.shard_of(call_ids[first]))
             offset = 0
             for blob in blobs:
                 ranges.append((offset, len(blob)))
+                macs.append(protocol.argument_mac(key, args_key, offset, blob))
                 offset += len(blob)
-            self.storage.put(protocol.args_key(prefix, job_id, protocol.shard_of(call_ids[first])), b"".join(blobs))
+            self.storage.put(args_key, b"".join(blobs))
         base = protocol.build_event(
             prefix=prefix, job_id=job_id, storage=self.storage.spec(), calls=[], timeout=timeout,
             extra_env=env, host_versions=self._host_versions,
@@ -291,21 +301,21 @@ class Executor:
         )
         base_size = len(json.dumps(base))
         if base_size > MAX_EVENT_BYTES // 2:  # a large extra_env: every call reads it from storage instead
-            key = protocol.env_key(prefix, job_id)
-            self.storage.put(key, json.dumps(base["extra_env"]).encode())
-            base["extra_env"], base["extra_env_key"] = {}, key
+            env_key = protocol.env_key(prefix, job_id)
+            self.storage.put(env_key, protocol.sign_object(key, env_key, json.dumps(base["extra_env"]).encode()))
+            base["extra_env"], base["extra_env_key"] = {}, env_key
             base_size = len(json.dumps(base))
         invocations = []
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]
             event = dict(base)
-            event["calls"] = calls = [{"id": c, "range": list(ranges[i])} for i, c in enumerate(ids, start)]
+            event["calls"] = calls = [{"id": c, "range": list(ranges[i]), "mac": macs[i]} for i, c in enumerate(ids, start)]
             # Measure exactly only when a generous bound per call does not settle it.
             if base_size + _MAX_CALL_JSON * len(calls) > MAX_EVENT_BYTES and len(json.dumps(event)) > MAX_EVENT_BYTES:
-                key = protocol.calls_key(prefix, job_id, n)
-                self.storage.put(key, json.dumps(calls).encode())
+                calls_key = protocol.calls_key(prefix, job_id, n)
+                self.storage.put(calls_key, protocol.sign_object(key, calls_key, json.dumps(calls).encode()))
                 del event["calls"]
-                event["calls_key"] = key
+                event["calls_key"] = calls_key
             request_id = f"{job_id}-{n:06d}"
             invocations.append(Invocation(request_id, event, ids, timeout))
             for i in range(start, start + len(ids)):

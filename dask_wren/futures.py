@@ -26,6 +26,7 @@ from typing import Any
 
 from dask_wren import errors
 from lambda_worker import protocol, serialize
+from lambda_worker.signing import SigningKey
 from lambda_worker.storage import KeyNotFound, Storage, storage_from_spec
 
 ALL_COMPLETED = cf.ALL_COMPLETED
@@ -49,7 +50,7 @@ class WrenFuture(cf.Future):
     result is in: a queued call never starts and a running one is stopped where the backend can.
     """
 
-    def __init__(self, storage: Storage, key: str, job_id: str, call_id: str):
+    def __init__(self, storage: Storage, key: str, job_id: str, call_id: str, signing_key: SigningKey | None = None):
         # cf.Future.__init__ without its Condition and lists, which ``_condition`` creates on
         # first use (every stdlib path that adds a waiter or callback takes the Condition first):
         # a Dask compute makes 100,000 futures, most never waited on one by one, and fewer
@@ -63,6 +64,7 @@ class WrenFuture(cf.Future):
         self.key = key
         self.job_id = job_id
         self.call_id = call_id
+        self.signing_key = signing_key  # checks its records; None: this process has no key for them
         self.stats: dict[str, Any] = {}
         self.header: dict[str, Any] | None = None
         self.stdout = ""
@@ -111,7 +113,7 @@ class WrenFuture(cf.Future):
     def _resolve(self, record: bytes, size: int | None = None) -> None:
         """Resolve from a result record: the whole object, or just its header when ``size`` says
         the payload was left in storage."""
-        header, start = protocol.decode_header(record)
+        header, start = protocol.decode_header(record, key=self.signing_key, storage_key=self.key)
         self.header = header
         self.stdout = header.get("stdout", "")
         self.stderr = header.get("stderr", "")
@@ -127,14 +129,23 @@ class WrenFuture(cf.Future):
         try:
             if status == protocol.STATUS_OK:
                 if payload is not None:
-                    self._value = serialize.loads(payload)
+                    self._value = serialize.loads(self._payload(header, memoryview(record)[start:]))
                 self.set_result(None)
             else:
                 if payload is None:
                     payload = self.storage.get(self.key)[start:]
+                try:
+                    payload = self._payload(header, payload)
+                except errors.IntegrityError as e:
+                    self.set_exception(e)
+                    return
                 self.set_exception(_exception_from(header, payload, self))
         except cf.InvalidStateError:
             pass  # cancelled meanwhile, or a duplicate record: the first outcome stands
+
+    def _payload(self, header: dict[str, Any], payload: bytes | memoryview) -> bytes | memoryview:
+        """The record's payload, checked against its verified header before anything unpickles it."""
+        return protocol.open_payload(header, payload, key=self.signing_key, storage_key=self.key)
 
     def result(self, timeout: float | None = None) -> Any:
         if self._detached:
@@ -152,8 +163,8 @@ class WrenFuture(cf.Future):
                         f"the result of {self.job_id}/{self.call_id} is no longer in storage: "
                         "its executor cleaned up; call .result() before shutting the executor down"
                     ) from None
-                _, start = protocol.decode_header(record)
-                self._value = serialize.loads(record[start:])
+                header, start = protocol.decode_header(record, key=self.signing_key, storage_key=self.key)
+                self._value = serialize.loads(self._payload(header, memoryview(record)[start:]))
             return self._value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -189,14 +200,18 @@ class WrenFuture(cf.Future):
     # -- detached futures ---------------------------------------------------------------------
 
     def __reduce__(self):
-        return _rebuild_future, (self.storage.spec(), self.key, self.job_id, self.call_id, dict(self.stats))
+        key_id = self.signing_key.id if self.signing_key is not None else None  # never the key itself
+        return _rebuild_future, (self.storage.spec(), self.key, self.job_id, self.call_id, dict(self.stats), key_id)
 
     def _poll_detached(self) -> bool:
         try:
             record = self.storage.get(self.key)
         except KeyNotFound:
             return False
-        self._resolve(record)
+        try:
+            self._resolve(record)
+        except errors.IntegrityError as e:
+            self.set_exception(e)
         return True
 
     def _await_detached(self, timeout: float | None) -> None:
@@ -210,8 +225,10 @@ class WrenFuture(cf.Future):
             pause = min(pause * 2, _DETACHED_POLL[1])
 
 
-def _rebuild_future(spec: dict[str, Any], key: str, job_id: str, call_id: str, stats: dict) -> WrenFuture:
-    f = WrenFuture(storage_from_spec(spec), key, job_id, call_id)
+def _rebuild_future(spec: dict[str, Any], key: str, job_id: str, call_id: str, stats: dict, key_id: str | None = None) -> WrenFuture:
+    from dask_wren.signing import key_with_id  # reads dask.config: only where a future is loaded
+
+    f = WrenFuture(storage_from_spec(spec), key, job_id, call_id, key_with_id(key_id))
     f.stats.update(stats)
     f._detached = True
     return f
@@ -247,6 +264,8 @@ def _exception_from(header: dict[str, Any], payload: bytes, future: WrenFuture) 
         return errors.VersionMismatchError(message)
     if kind == protocol.FAIL_BACKEND:
         return errors.BackendError(message)
+    if kind == protocol.FAIL_INTEGRITY:
+        return errors.IntegrityError(message)
     if error.get("traceback"):
         message += f"\n\nRemote traceback:\n{error['traceback'].rstrip()}"
     return errors.WrenError(message)

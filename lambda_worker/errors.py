@@ -10,3 +10,10 @@ from __future__ import annotations
 
 class WrenError(Exception):
     """Base class of dask-wren's own errors."""
+
+
+class IntegrityError(WrenError):
+    """An object in storage does not carry a valid signature: nothing in it was unpickled.
+
+    It was changed after it was written, or written by a host or deployment with another key.
+    """

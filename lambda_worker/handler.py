@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -33,6 +34,8 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any
 
 from lambda_worker import protocol, serialize
+from lambda_worker.errors import IntegrityError
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 from lambda_worker.storage import KeyNotFound, Storage, StorageDenied, StorageError, storage_from_spec
 
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
@@ -45,6 +48,7 @@ WATCHDOG_EXIT_CODE = 124
 _state = {"invocations": 0}
 _func_cache: dict[tuple[str, str], Any] = {}
 _FUNC_CACHE_MAX = 8
+_CALL_ID = re.compile(rb'"id": *"([0-9]+)"')  # a call's id in a call list, however it was changed
 _MISSING_PAYLOAD = (
     "the job's payload is missing from storage ({detail}): was the job cleaned up before it ran, or does the "
     "bucket/prefix differ from the deployment's?"
@@ -69,16 +73,18 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     }
     try:
         storage = storage_from_spec(event["storage"])
-        calls, requests = _calls_of(storage, event)
+        key = _signing_key()
+        calls, requests, untrusted = _calls_of(storage, event, key)
     except Exception as e:  # nowhere to write a record: say so in the log and the return value
         message = f"the invocation could not start: {type(e).__name__}: {e}"
         print(f"dask-wren: {message}", file=sys.stderr, flush=True)
         return {"request_id": request_id, "job_id": job_id, "calls": 0, "handler_error": message}
-    invocation = _Invocation(storage, event, calls, base, requests)
+    invocation = _Invocation(storage, event, calls, base, requests, key)
     deadline, expiry = _deadline(event, context, start_mono)
     _WATCHDOG.arm(deadline, lambda: invocation.expire(expiry))
     try:
-        invocation.run(_version_problem(event.get("v"), event.get("host_versions") or {}))
+        mismatch = _version_problem(event.get("v"), event.get("host_versions") or {})
+        invocation.run((protocol.FAIL_VERSION, mismatch) if mismatch else untrusted)
     finally:
         _WATCHDOG.disarm()
     summary: dict[str, Any] = {"request_id": request_id, "job_id": job_id, "calls": len(calls), "statuses": invocation.statuses}
@@ -87,15 +93,34 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     return summary
 
 
-def _calls_of(storage: Storage, event: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """The invocation's calls: inline, or read from ``calls_key`` (one request)."""
+def _signing_key() -> SigningKey:
+    """The key this worker verifies and signs with, from its environment (read per invocation)."""
+    key = SigningKey.from_environment()
+    if key is None:
+        raise RuntimeError(
+            f"this worker has no signing key (${KEY_VARIABLE} is not set), so it can neither trust the job's "
+            "objects nor sign its results: on AWS, redeploy with `dask-wren deploy`, which sets it on the function"
+        )
+    return key
+
+
+def _calls_of(storage: Storage, event: dict[str, Any], key: SigningKey) -> tuple[list[dict[str, Any]], int, tuple[str, str] | None]:
+    """The invocation's calls: inline, or read from ``calls_key`` (one request).
+
+    A stored call list that does not verify still names the calls that fail (their ids are read
+    from its bytes, which runs no code): the third item is then the failure every call records."""
     calls = event.get("calls")
     if calls is not None:
-        return calls, 0
+        return calls, 0, None
     try:
-        return json.loads(storage.get(event["calls_key"])), 1
+        blob = storage.get(event["calls_key"])
     except (KeyNotFound, StorageDenied) as e:
         raise RuntimeError(_MISSING_PAYLOAD.format(detail=e)) from None
+    try:
+        return json.loads(protocol.open_object(key, event["calls_key"], blob)), 1, None
+    except IntegrityError as e:
+        named = dict.fromkeys(m.decode() for m in _CALL_ID.findall(blob))
+        return [{"id": call_id} for call_id in named], 1, (protocol.FAIL_INTEGRITY, str(e))
 
 
 def _deadline(event: dict[str, Any], context: Any, start: float) -> tuple[float, str]:
@@ -183,8 +208,9 @@ _WATCHDOG = _Watchdog()
 class _Invocation:
     """The calls of one event, run in order; ``expire`` (watchdog thread) records the rest as timed out."""
 
-    def __init__(self, storage: Storage, event: dict[str, Any], calls: list[dict[str, Any]], base: dict[str, Any], requests: int):
+    def __init__(self, storage: Storage, event: dict[str, Any], calls: list[dict[str, Any]], base: dict[str, Any], requests: int, key: SigningKey):
         self.storage = storage
+        self.key = key
         self.event = event
         self.calls = calls
         self.base = base
@@ -201,15 +227,17 @@ class _Invocation:
     def extra_env(self) -> dict[str, str]:
         """The job's ``extra_env``: in the event, or (when too large for it) in storage, read once."""
         if "extra_env_key" in self.event and self._extra_env is None:
-            self._extra_env = json.loads(self.storage.get(self.event["extra_env_key"]))
+            env_key = self.event["extra_env_key"]
+            self._extra_env = json.loads(protocol.open_object(self.key, env_key, self.storage.get(env_key)))
             self.requests += 1
         return self._extra_env if self._extra_env is not None else self.event.get("extra_env") or {}
 
-    def run(self, mismatch: str | None) -> None:
+    def run(self, problem: tuple[str, str] | None) -> None:
+        """Run the calls; with a ``problem`` (failure kind, message), record it for each instead."""
         for i, call in enumerate(self.calls):
             runner = _CallRunner(self, call, self.requests if i == 0 else 0)
             self.current = runner
-            status = runner.fail(protocol.FAIL_VERSION, mismatch) if mismatch else runner.run()
+            status = runner.fail(*problem) if problem else runner.run()
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.current = None
 
@@ -324,7 +352,8 @@ class _CallRunner:
         try:
             # First writer wins: a duplicate delivery of the same call (async Lambda is at-least-once)
             # leaves the first result in place.
-            if not self.storage.put_if_absent(self.key, protocol.encode_result(self.header, payload)):
+            record = protocol.encode_result(self.header, payload, key=self.invocation.key, storage_key=self.key)
+            if not self.storage.put_if_absent(self.key, record):
                 return "duplicate"
             return status
         except Exception as e:
@@ -340,7 +369,7 @@ class _CallRunner:
                 "message": f"the call's record could not be written to storage: {type(error).__name__}: {error}",
             }
             try:
-                if self.storage.put_if_absent(self.key, protocol.encode_result(self.header)):
+                if self.storage.put_if_absent(self.key, protocol.encode_result(self.header, key=self.invocation.key, storage_key=self.key)):
                     return protocol.STATUS_FAILED
                 return "duplicate"
             except Exception as e:
@@ -373,7 +402,7 @@ class _CallRunner:
         if job_function is None:
             data = self.storage.get(key)
             self.requests += 1
-            job_function = serialize.load_job_function(data)
+            job_function = serialize.load_job_function(protocol.open_object(self.invocation.key, key, data))
             if len(_func_cache) >= _FUNC_CACHE_MAX:
                 _func_cache.pop(next(iter(_func_cache)))
             _func_cache[cache_key] = job_function
@@ -386,17 +415,17 @@ class _CallRunner:
         key = protocol.args_key(self.event["prefix"], self.event["job_id"], protocol.shard_of(self.call["id"]))
         data = self.storage.get_range(key, offset, length)
         self.requests += 1
-        return self._resolve_refs(serialize.loads(data))
+        return self._resolve_refs(serialize.loads(protocol.open_argument(self.invocation.key, key, self.call, data)))
 
     def _resolve_refs(self, value: Any) -> Any:
         """Replace StorageRef placeholders (in lists, tuples and dicts) with the stored values."""
         if isinstance(value, protocol.StorageRef):
             data = self.storage.get(value.key)
             self.requests += 1
-            header, start = protocol.decode_header(data)
+            header, start = protocol.decode_header(data, key=self.invocation.key, storage_key=value.key)
             if header.get("status") != protocol.STATUS_OK:
                 raise RuntimeError(f"input {value.key} did not succeed: {header.get('error')}")
-            return serialize.loads(data[start:])
+            return serialize.loads(protocol.open_payload(header, memoryview(data)[start:], key=self.invocation.key, storage_key=value.key))
         if type(value) in (list, tuple):
             return type(value)(self._resolve_refs(v) for v in value)
         if type(value) is dict:
@@ -413,6 +442,8 @@ class _CallRunner:
             self.requests += self.invocation.requests - fetched
         except (KeyNotFound, StorageDenied) as e:
             return self.fail(protocol.FAIL_SETUP, _MISSING_PAYLOAD.format(detail=e))
+        except IntegrityError as e:  # nothing of the object was unpickled; running it again would not help
+            return self.fail(protocol.FAIL_INTEGRITY, str(e))
         except StorageError as e:  # outlived the client's retries: the host may try the call again
             return self.fail(protocol.FAIL_STORAGE, f"storage failed while loading the call: {e}")
         except Exception as e:

@@ -24,7 +24,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 3  # 2: results and arguments spread over key shards; 3: a record per attempt
+from lambda_worker.signing import MAC_BYTES, SigningKey, integrity_error
+
+PROTOCOL_VERSION = 4  # 2: results and arguments spread over key shards; 3: a record per attempt; 4: signed
 
 #: Result statuses.  ``ok``: the function returned.  ``error``: the function raised.
 #: ``failed``: the call could not run to the end (setup error, dead worker, timeout, ...).
@@ -43,6 +45,7 @@ FAIL_LOST = "lost"  # no result arrived within the call's timeout plus a grace p
 FAIL_INVOKE = "invoke"  # the invoke request failed after the client's retries (AWS)
 FAIL_BACKEND = "backend"  # the backend's own machinery failed (a dispatcher thread raised)
 FAIL_STORAGE = "storage"  # storage failed the worker after the client's own retries (5xx, network)
+FAIL_INTEGRITY = "integrity"  # an object the call needs does not verify (``signing``): never retried
 
 _MAGIC = b"WREN"
 _LEN = struct.Struct(">I")
@@ -126,26 +129,83 @@ class StorageRef:
     key: str
 
 
-def encode_result(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    """Serialize one result record: magic, header length, JSON header, pickled payload."""
+# -- signed objects (``signing``) -----------------------------------------------------------
+#
+# The job's payload objects (func.pkl, calls/*.json, env.json) are stored as their MAC followed by
+# their bytes.  An arguments object is read by byte range, so each call's entry in the event (or
+# call list) carries the MAC of its own range.  A result record carries a MAC of its header, which
+# holds the MAC of its payload: a reader that fetched only the header can trust all of it (status,
+# error, output, timings), and the payload is checked when it is fetched, before it is unpickled.
+
+
+def sign_object(key: SigningKey, storage_key: str, body: bytes) -> bytes:
+    """A payload object as stored under ``storage_key``: its MAC, then its bytes."""
+    return key.mac(storage_key, body) + body
+
+
+def open_object(key: SigningKey, storage_key: str, blob: bytes) -> bytes:
+    """The bytes of a signed payload object; ``IntegrityError`` if they do not verify."""
+    key.check(storage_key, memoryview(blob)[MAC_BYTES:], blob[:MAC_BYTES], "the job object")
+    return blob[MAC_BYTES:]
+
+
+def _range_label(args_key: str, offset: int, length: int) -> str:
+    return f"{args_key} bytes {offset}-{offset + length - 1}"
+
+
+def argument_mac(key: SigningKey, args_key: str, offset: int, data: bytes | memoryview) -> str:
+    """The ``mac`` of a call entry: its argument's range of the shard's object, bound to where it lies."""
+    return key.mac(_range_label(args_key, offset, len(data)), data).hex()
+
+
+def open_argument(key: SigningKey, args_key: str, call: dict[str, Any], data: bytes) -> bytes:
+    """A call's argument bytes, read by range; ``IntegrityError`` unless they match the call's ``mac``."""
+    offset, length = call["range"]
+    key.check(_range_label(args_key, offset, length), data, call.get("mac"), f"the argument of call {call['id']}")
+    return data
+
+
+def encode_result(header: dict[str, Any], payload: bytes = b"", *, key: SigningKey, storage_key: str) -> bytes:
+    """Serialize one result record: magic, header length, JSON header, the header's MAC, pickled payload.
+
+    The header carries ``payload_mac``; both MACs are bound to ``storage_key``, where the record goes."""
+    if payload:
+        header = dict(header, payload_mac=key.mac(storage_key + " payload", payload).hex())
     head = json.dumps(header, separators=(",", ":"), default=str).encode()
-    return b"".join((_MAGIC, _LEN.pack(len(head)), head, payload))
+    return b"".join((_MAGIC, _LEN.pack(len(head)), head, key.mac(storage_key, head), payload))
 
 
 def header_length(blob: bytes) -> int:
-    """Total bytes up to the end of the header (magic + length + JSON); needs the first 8 bytes."""
+    """Total bytes up to the end of the signed header (magic + length + JSON + MAC); needs the first 8
+    bytes.  0 for bytes that are no record at all: ``decode_header`` says so, naming the key."""
     if blob[:4] != _MAGIC:
-        raise ValueError("not a dask-wren result record (bad magic bytes)")
+        return 0
     (n,) = _LEN.unpack_from(blob, 4)
-    return 8 + n
+    return 8 + n + MAC_BYTES
 
 
-def decode_header(blob: bytes) -> tuple[dict[str, Any], int]:
-    """Return the header and the offset where the payload starts."""
+def decode_header(blob: bytes, *, key: SigningKey | None, storage_key: str) -> tuple[dict[str, Any], int]:
+    """Return the verified header and the offset where the payload starts; ``IntegrityError`` if the
+    header does not verify (a record without magic bytes counts as unsigned; no ``key``, as unverifiable)."""
+    if key is None:
+        raise integrity_error(storage_key, "the result record", None)
+    if blob[:4] != _MAGIC:
+        raise integrity_error(storage_key, "the result record (no dask-wren record header)", key)
     end = header_length(blob)
     if len(blob) < end:
         raise ValueError("truncated result record header")
-    return json.loads(blob[8:end].decode()), end  # UTF-8 by construction: skips json's detection
+    head = memoryview(blob)[8 : end - MAC_BYTES]
+    key.check(storage_key, head, blob[end - MAC_BYTES : end], "the result record")
+    return json.loads(bytes(head)), end
+
+
+def open_payload(header: dict[str, Any], payload: bytes | memoryview, *, key: SigningKey | None, storage_key: str) -> bytes | memoryview:
+    """A record's payload, checked against its (verified) header's ``payload_mac`` before anyone unpickles it."""
+    if key is None:
+        raise integrity_error(storage_key, "the result record's payload", None)
+    if payload or "payload_mac" in header:
+        key.check(storage_key + " payload", payload, header.get("payload_mac"), "the result record's payload")
+    return payload
 
 
 def build_event(

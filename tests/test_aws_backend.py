@@ -13,17 +13,20 @@ from dask_wren.backends.aws import AWSLambdaBackend, host_versions
 from dask_wren.backends.base import Invocation
 from dask_wren.config import Settings
 from dask_wren.executor import Executor
+from dask_wren.signing import local_key
 from lambda_worker.handler import lambda_handler
+from lambda_worker.signing import KEY_VARIABLE
 
 pytestmark = pytest.mark.timeout(60)
 
 
 class FakeLambda:
-    """Speaks the two Lambda calls the backend makes; runs the real handler in a thread."""
+    """Speaks the two Lambda calls the backend makes; runs the real handler in a thread (with this
+    process's key, which the local key put into its environment)."""
 
     def __init__(self, versions=None, drop=(), fail_invoke=None, missing=False, *, timeout=900, retries=0,
                  reserved=None, unreserved=None, recorded=None):
-        self.versions = dict(host_versions() if versions is None else versions, **(recorded or {}))
+        self.versions = dict(host_versions() if versions is None else versions, **{KEY_VARIABLE: local_key().text(), **(recorded or {})})
         self.timeout = timeout
         self.retries = retries  # None: no event invoke configuration (Lambda's default applies)
         self.reserved = reserved
@@ -97,7 +100,7 @@ def eventually(condition, timeout=30.0):
 
 def make(tmp_path, client, **aws):
     base = Settings.from_config(storage_dir=str(tmp_path), timeout=5)
-    backend = AWSLambdaBackend(base.replace(backend="aws", **aws), client=client)
+    backend = AWSLambdaBackend(base.replace(backend="aws", signing_key=local_key().text(), **aws), client=client)
     return Executor(base, backend=backend), backend
 
 
@@ -143,7 +146,10 @@ def test_preflight_checks_the_timeout_bucket_and_prefix_before_any_invoke(tmp_pa
     with pytest.raises(dask_wren.BackendError, match="prefix is 'dask-wren'.*deployed for prefix 'elsewhere'"):
         ex.map(square, [1], timeout=2)
     assert client.invoked == []
-    backend = AWSLambdaBackend(Settings(backend="aws", storage="s3", bucket="mine"), client=FakeLambda(recorded={"DASK_WREN_BUCKET": "theirs"}))
+    backend = AWSLambdaBackend(
+        Settings(backend="aws", storage="s3", bucket="mine", signing_key=local_key().text()),
+        client=FakeLambda(recorded={"DASK_WREN_BUCKET": "theirs"}),
+    )
     backend.preflight()
     inv = Invocation("r", {"storage": {"kind": "s3", "bucket": "mine"}, "prefix": "dask-wren"}, ["000000"], 5)
     with pytest.raises(dask_wren.BackendError, match="bucket is 'mine'.*deployed for bucket 'theirs'"):

@@ -243,6 +243,7 @@ def test_deploy_creates_role_bucket_layer_function_and_settings(aws, args, confi
         "DASK_WREN_PROTOCOL": HOST["protocol"],
         "DASK_WREN_BUCKET": BUCKET,
         "DASK_WREN_PREFIX": "dask-wren",
+        "DASK_WREN_SIGNING_KEY": conf["Environment"]["Variables"]["DASK_WREN_SIGNING_KEY"],
     }
 
     # The settings file is where dask.config finds it, and the executor's Settings read it.
@@ -318,7 +319,7 @@ def test_function_records_its_bucket_and_prefix(aws, args, capsys):
     env = aws["lambda"].get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
     assert (env["DASK_WREN_BUCKET"], env["DASK_WREN_PREFIX"]) == ("my-bkt", "jobs/a")
     # The four version variables stay exactly those the host compares as versions.
-    versions = {k: v for k, v in env.items() if k not in ("DASK_WREN_BUCKET", "DASK_WREN_PREFIX")}
+    versions = {k: v for k, v in env.items() if k not in ("DASK_WREN_BUCKET", "DASK_WREN_PREFIX", "DASK_WREN_SIGNING_KEY")}
     assert versions == dep.function_environment(HOST)
     assert dep.function_environment(HOST, bucket="b", prefix="p") == {
         **dep.function_environment(HOST), "DASK_WREN_BUCKET": "b", "DASK_WREN_PREFIX": "p",
@@ -409,7 +410,7 @@ def test_container_image_function(aws, config_file, capsys, monkeypatch):
     assert fn["Configuration"]["PackageType"] == "Image" and fn["Code"]["ImageUri"] == f"{IMAGE}:1"
     assert not fn["Configuration"].get("Layers")
     env = fn["Configuration"]["Environment"]["Variables"]
-    assert env == dep.function_environment(HOST, bucket=BUCKET, prefix="dask-wren")
+    assert env == dep.function_environment(HOST, bucket=BUCKET, prefix="dask-wren", signing_key=env["DASK_WREN_SIGNING_KEY"])
     assert aws["lambda"].get_function_event_invoke_config(FunctionName=FN)["MaximumRetryAttempts"] == 0
 
     code, out, _ = run(capsys, argv)

@@ -9,7 +9,16 @@ import pytest
 
 import dask_wren
 from lambda_worker import handler, protocol, serialize
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 from lambda_worker.storage.local import LocalStorage
+
+KEY = SigningKey.generate()
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch):
+    """The worker's key, as a deployment gives it (the scripts' subprocesses inherit it)."""
+    monkeypatch.setenv(KEY_VARIABLE, KEY.text())
 
 
 class FakeContext:
@@ -31,12 +40,13 @@ def env_value(name):
 
 def make_event(store, func, args, *, extra_env=None, host_versions=None, **kw):
     prefix, job = "t", "job1"
-    store.put(protocol.func_key(prefix, job), serialize.dumps((func, "no-shared-functions", [])))
+    func_key, args_key = protocol.func_key(prefix, job), protocol.args_key(prefix, job, "0000")
+    store.put(func_key, protocol.sign_object(KEY, func_key, serialize.dumps((func, "no-shared-functions", []))))
     blobs = [serialize.dumps(a) for a in args]
-    store.put(protocol.args_key(prefix, job, "0000"), b"".join(blobs))
+    store.put(args_key, b"".join(blobs))
     calls, offset = [], 0
     for i, b in enumerate(blobs):
-        calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)]})
+        calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)], "mac": protocol.argument_mac(KEY, args_key, offset, b)})
         offset += len(b)
     return protocol.build_event(
         prefix=prefix, job_id=job, storage=store.spec(), calls=calls, timeout=60,
@@ -45,8 +55,9 @@ def make_event(store, func, args, *, extra_env=None, host_versions=None, **kw):
 
 
 def read(store, i):
-    header, start = protocol.decode_header(store.get(protocol.result_key("t", "job1", protocol.call_id_for(i))))
-    return header, store.get(protocol.result_key("t", "job1", protocol.call_id_for(i)))[start:]
+    key = protocol.result_key("t", "job1", protocol.call_id_for(i))
+    header, start = protocol.decode_header(store.get(key), key=KEY, storage_key=key)
+    return header, store.get(key)[start:]
 
 
 def test_every_outcome_leaves_a_record_with_timings(tmp_path):
@@ -128,7 +139,7 @@ def test_protocol_version_mismatch(tmp_path):
 def test_call_list_can_live_in_storage(tmp_path):
     store = LocalStorage(str(tmp_path))
     event = make_event(store, env_value, ["HOME", "PATH"])
-    store.put("t/job1/calls/000000.json", json.dumps(event.pop("calls")).encode())
+    store.put("t/job1/calls/000000.json", protocol.sign_object(KEY, "t/job1/calls/000000.json", json.dumps(event.pop("calls")).encode()))
     event["calls_key"] = "t/job1/calls/000000.json"
     assert handler.lambda_handler(event, FakeContext())["statuses"] == {protocol.STATUS_OK: 2}
 
@@ -147,6 +158,7 @@ def test_worker_side_never_imports_host_side():
 _WATCHDOG_SCRIPT = r"""
 import sys, time
 from lambda_worker import handler, protocol, serialize
+from lambda_worker.signing import SigningKey
 from lambda_worker.storage.local import LocalStorage
 
 def slow(x):
@@ -161,10 +173,13 @@ class Context:
         return int((self.deadline - time.time()) * 1000)
 
 store = LocalStorage(sys.argv[1])
-store.put(protocol.func_key("t", "job1"), serialize.dumps((slow, "no-shared-functions", [])))
+key = SigningKey.from_environment()
+store.put("t/job1/func.pkl", protocol.sign_object(key, "t/job1/func.pkl", serialize.dumps((slow, "no-shared-functions", []))))
 blobs = [serialize.dumps(a) for a in ("a", "b")]
 store.put(protocol.args_key("t", "job1", "0000"), b"".join(blobs))
-calls = [{"id": "000000", "range": [0, len(blobs[0])]}, {"id": "000001", "range": [len(blobs[0]), len(blobs[1])]}]
+calls = [{"id": "000000", "range": [0, len(blobs[0])], "mac": protocol.argument_mac(key, "t/job1/args/0000.pkl", 0, blobs[0])},
+         {"id": "000001", "range": [len(blobs[0]), len(blobs[1])],
+          "mac": protocol.argument_mac(key, "t/job1/args/0000.pkl", len(blobs[0]), blobs[1])}]
 event = protocol.build_event(prefix="t", job_id="job1", storage=store.spec(), calls=calls,
                              timeout=float(sys.argv[2]), host_versions=serialize.runtime_versions())
 handler.lambda_handler(event, Context(float(sys.argv[3])))
@@ -198,13 +213,16 @@ def test_the_watchdog_records_a_timeout_and_ends_the_process(tmp_path, timeout, 
 _DISARM_SCRIPT = r"""
 import sys, time
 from lambda_worker import handler, protocol, serialize
+from lambda_worker.signing import SigningKey
 from lambda_worker.storage.local import LocalStorage
 
 store = LocalStorage(sys.argv[1])
-store.put(protocol.func_key("t", "job1"), serialize.dumps((abs, "no-shared-functions", [])))
+key = SigningKey.from_environment()
+store.put("t/job1/func.pkl", protocol.sign_object(key, "t/job1/func.pkl", serialize.dumps((abs, "no-shared-functions", []))))
 blob = serialize.dumps(-3)
 store.put(protocol.args_key("t", "job1", "0000"), blob)
-event = protocol.build_event(prefix="t", job_id="job1", storage=store.spec(), calls=[{"id": "000000", "range": [0, len(blob)]}],
+mac = protocol.argument_mac(key, "t/job1/args/0000.pkl", 0, blob)
+event = protocol.build_event(prefix="t", job_id="job1", storage=store.spec(), calls=[{"id": "000000", "range": [0, len(blob)], "mac": mac}],
                              timeout=0.2, host_versions=serialize.runtime_versions())
 print(handler.lambda_handler(event, None)["statuses"], flush=True)
 time.sleep(0.6)  # past the finished invocation's deadline: a watchdog left armed would end the process

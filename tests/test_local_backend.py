@@ -22,7 +22,7 @@ from lambda_worker import local_runtime, protocol, serialize
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.local import LocalStorage
 from tests.conftest import gate, hog, hold_the_gil, nap, wait_for_path
-from tests.test_handler import make_event, read
+from tests.test_handler import KEY, make_event, read, signing_key  # noqa: F401  (autouse fixture: the workers' key)
 from tests.test_s3_end_to_end import s3_endpoint  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,7 +111,7 @@ def test_failure_records_that_cannot_be_written_do_not_stop_the_pool(tmp_path, c
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("a file where the store's directory should be")
     event = {"storage": {"kind": "local", "root": str(blocked)}, "prefix": "p", "job_id": "j"}
-    write_failure_records(Invocation("r1", event, ["000000"], 1.0), "worker_died", "gone")  # does not raise
+    write_failure_records(Invocation("r1", event, ["000000"], 1.0), "worker_died", "gone", KEY)  # does not raise
     assert "could not record the failure of r1" in capsys.readouterr().err
 
 
@@ -134,22 +134,26 @@ class Pool:
     def __init__(self, tmp_path, **options):
         self.store = LocalStorage(str(tmp_path / "store"))
         self.outcomes = queue.Queue()
-        self.backend = LocalBackend(workers=1, on_outcome=lambda inv, outcome, detail: self.outcomes.put((inv.request_id, outcome, detail)), **options)
+        self.backend = LocalBackend(
+            workers=1, on_outcome=lambda inv, outcome, detail: self.outcomes.put((inv.request_id, outcome, detail)), signing_key=KEY, **options
+        )
         self.jobs = 0
 
     def run(self, func, arg, timeout=60):
         self.jobs += 1
         job = f"job{self.jobs}"
         payload = pickle_payload(func, [arg], include_modules=[__name__])
-        self.store.put(protocol.func_key("t", job), payload.func)
-        self.store.put(protocol.args_key("t", job, "0000"), payload.args[0])
-        calls = [{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])]}]
+        func_key, args_key = protocol.func_key("t", job), protocol.args_key("t", job, "0000")
+        self.store.put(func_key, protocol.sign_object(KEY, func_key, payload.func))
+        self.store.put(args_key, payload.args[0])
+        calls = [{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])], "mac": protocol.argument_mac(KEY, args_key, 0, payload.args[0])}]
         event = protocol.build_event(prefix="t", job_id=job, storage=self.store.spec(), calls=calls, timeout=timeout, host_versions=serialize.runtime_versions())
         self.backend.invoke([Invocation(job, event, [calls[0]["id"]], timeout)])
         request_id, outcome, detail = self.outcomes.get(timeout=30)
         assert request_id == job
         try:
-            header, _ = protocol.decode_header(self.store.get(protocol.result_key("t", job, calls[0]["id"])))
+            key = protocol.result_key("t", job, calls[0]["id"])
+            header, _ = protocol.decode_header(self.store.get(key), key=KEY, storage_key=key)
         except KeyNotFound:
             header = None
         return outcome, detail, header

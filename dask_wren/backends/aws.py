@@ -67,7 +67,9 @@ from dask_wren.backends import aws_invoker
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
 from dask_wren.config import Settings
 from dask_wren.errors import BackendError, VersionMismatchError
+from dask_wren.signing import NO_KEY_ADVICE
 from lambda_worker import protocol
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 from lambda_worker.storage.s3 import CREDENTIALS_ADVICE
 
 _BURST = 1000
@@ -117,6 +119,9 @@ class AWSLambdaBackend(ProgressListeners):
         self.region = settings.aws_region or settings.region
         self.max_concurrency = settings.max_concurrency
         self.grace = settings.lost_call_grace
+        self._host_key = settings.signing_key
+        #: The key the function holds (the host's too), once the preflight has compared them.
+        self.signing_key: SigningKey | None = None
         self.retries = settings.lost_call_retries
         if not isinstance(self.function_name, str) or not self.function_name:
             # checked here because the clients skip botocore's parameter validation (client_config)
@@ -262,6 +267,7 @@ class AWSLambdaBackend(ProgressListeners):
                 + "). Pickled functions only cross between equal versions: redeploy from this environment "
                 "with `dask-wren deploy`, or install the deployed versions here."
             )
+        self.signing_key = self._check_signing_key(recorded.get(KEY_VARIABLE))
         state = config.get("State", "Active")
         if state not in ("Active", None):
             raise BackendError(f"the Lambda function {name!r} is {state}, not Active; try again shortly")
@@ -280,6 +286,28 @@ class AWSLambdaBackend(ProgressListeners):
             prefix=recorded.get(deployed.PREFIX_VARIABLE),
             concurrency=concurrency,
         )
+
+    def _check_signing_key(self, deployed_key: str | None) -> SigningKey:
+        """The function and this host must hold the same key: the workers would reject every payload."""
+        name = self.function_name
+        if not deployed_key:
+            raise BackendError(
+                f"the Lambda function {name!r} has no signing key (no {KEY_VARIABLE} in its environment), so its "
+                "workers would trust nothing this host writes: redeploy with `dask-wren deploy`"
+            )
+        if not self._host_key:
+            raise BackendError(
+                f"this host has no signing key for the Lambda function {name!r} (wren.aws.signing-key is not set): {NO_KEY_ADVICE}"
+            )
+        mine = SigningKey.from_text(self._host_key, "wren.aws.signing-key")
+        theirs = SigningKey.from_text(deployed_key, f"{KEY_VARIABLE} of the Lambda function {name!r}")
+        if mine != theirs:
+            raise BackendError(
+                f"the Lambda function {name!r} holds another signing key (id {theirs.id}) than this host's "
+                f"wren.aws.signing-key (id {mine.id}): it was redeployed from elsewhere, or these settings are "
+                f"stale; {NO_KEY_ADVICE}"
+            )
+        return mine
 
     def _check_async_retries(self) -> None:
         """Lambda must not re-run failed events itself: every re-run is the host's decision."""
@@ -423,7 +451,7 @@ class AWSLambdaBackend(ProgressListeners):
             self._cond.notify_all()
         logger.error("dask-wren: %s", self._failure, exc_info=error)
         for inv in pending:
-            write_failure_records(inv, protocol.FAIL_BACKEND, self._failure)
+            write_failure_records(inv, protocol.FAIL_BACKEND, self._failure, self.signing_key)
         self.notify()
         with self._pool_lock:
             pool, self._pool = self._pool, None
@@ -522,7 +550,7 @@ class AWSLambdaBackend(ProgressListeners):
 
     def _lost(self, inv: Invocation, kind: str, message: str) -> None:
         try:
-            write_failure_records(inv, kind, message)
+            write_failure_records(inv, kind, message, self.signing_key)
         finally:
             with self._cond:
                 self._forget(inv.first_request_id)
@@ -582,6 +610,7 @@ def shared_aws_backend(settings: Settings) -> AWSLambdaBackend:
         settings.function_name, settings.aws_region, settings.region, settings.lambda_endpoint_url,
         settings.retry_mode, settings.invoke_max_attempts, settings.invoke_threads, settings.invoker_processes,
         settings.max_concurrency, settings.lost_call_grace, settings.lost_call_retries, settings.throttle_timeout,
+        settings.signing_key,  # the preflight checks it against the function's: one backend per key
     )
     aws_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     return shared_backend("aws", config, aws_env, lambda: AWSLambdaBackend(settings))

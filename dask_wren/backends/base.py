@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from lambda_worker import protocol
+from lambda_worker.signing import SigningKey
 from lambda_worker.storage import storage_from_spec
 
 
@@ -135,19 +136,20 @@ def _shutdown_shared_backends() -> None:
         backend.shutdown()
 
 
-def write_failure_records(inv: Invocation, kind: str, message: str) -> None:
-    """Record a failure for every call of ``inv`` that has no result yet (first writer wins).
+def write_failure_records(inv: Invocation, kind: str, message: str, signing_key: SigningKey) -> None:
+    """Record a failure for every call of ``inv`` that has no result yet (first writer wins), signed
+    with ``signing_key``, the key the backend's workers hold.
 
     Never raises: it runs on backend threads that must keep going.  If the store cannot be
     written, it cannot be listed either, and the monitor fails the futures with that error.
     """
     try:
-        _write_failure_records(inv, kind, message)
+        _write_failure_records(inv, kind, message, signing_key)
     except Exception as e:
         print(f"dask-wren: could not record the failure of {inv.request_id} ({message}): {e}", file=sys.stderr)
 
 
-def _write_failure_records(inv: Invocation, kind: str, message: str) -> None:
+def _write_failure_records(inv: Invocation, kind: str, message: str, signing_key: SigningKey) -> None:
     event = inv.event
     storage = storage_from_spec(event["storage"])
     now = time.time()
@@ -164,4 +166,4 @@ def _write_failure_records(inv: Invocation, kind: str, message: str) -> None:
             "timings": {"backend_recorded": now},
         }
         key = protocol.result_key(event["prefix"], event["job_id"], call_id)
-        storage.put_if_absent(key, protocol.encode_result(header))
+        storage.put_if_absent(key, protocol.encode_result(header, key=signing_key, storage_key=key))

@@ -36,8 +36,8 @@ outcome alone says what happened.
 
 Workers are started with ``subprocess`` in an empty directory without the host's ``PYTHONPATH``
 or working directory on ``sys.path``, so a function that works here also works on Lambda.  They
-inherit the host's environment as it was when the pool started (credentials included).  Each
-worker's output goes to a log file whose tail is quoted when the worker dies.
+inherit the host's environment as it was when the pool started (credentials included), with
+``$DASK_WREN_SIGNING_KEY`` set to the pool's signing key.  Each worker's output goes to a log file whose tail is quoted when the worker dies.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ from multiprocessing.connection import Connection, wait
 
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
 from dask_wren.errors import BackendError
+from dask_wren.signing import local_key
 from dask_wren.subprocesses import clean_environment, python_command
 from lambda_worker import protocol
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def read_tail(path: str, limit: int) -> str:
 class _Worker:
     _ids = itertools.count()
 
-    def __init__(self, log_dir: str, memory_mb: int, function_name: str):
+    def __init__(self, log_dir: str, memory_mb: int, function_name: str, signing_key: SigningKey):
         self.id = next(self._ids)
         parent, child = socket.socketpair()
         self.log_path = os.path.join(log_dir, f"worker-{self.id}.log")
@@ -116,7 +118,7 @@ class _Worker:
             "-m", "lambda_worker.local_runtime", str(child.fileno()), str(memory_mb), function_name, str(os.getpid())
         )
         self.proc = subprocess.Popen(
-            cmd, cwd=log_dir, env=clean_environment(), pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            cmd, cwd=log_dir, env={**clean_environment(), KEY_VARIABLE: signing_key.text()}, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         child.close()
@@ -203,6 +205,8 @@ class LocalBackend(ProgressListeners):
         when an invocation that was sent to a worker ends; ``outcome`` is one of ``OUTCOMES``.
     ``concurrency_limit`` (None): at most this many workers run invocations at once
         (``set_concurrency_limit`` changes it).
+    ``signing_key`` (None: the host's local key, ``dask_wren.signing.local_key``): the key the
+        workers get, and that the failure records this backend writes are signed with.
 
     ``killed_timeout`` and ``killed_memory`` count the workers killed for each reason.
     """
@@ -218,6 +222,7 @@ class LocalBackend(ProgressListeners):
         kill_grace: float = KILL_GRACE,
         on_outcome: Callable[[Invocation, str, str], None] | None = None,
         concurrency_limit: int | None = None,
+        signing_key: SigningKey | None = None,
     ):
         super().__init__()
         self.n_workers = workers or os.cpu_count() or 1
@@ -228,6 +233,7 @@ class LocalBackend(ProgressListeners):
         self.kill_grace = max(0.0, float(kill_grace))
         self.on_outcome = on_outcome
         self.concurrency_limit = concurrency_limit
+        self.signing_key = signing_key or local_key()
         self.killed_timeout = 0
         self.killed_memory = 0
         self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
@@ -343,7 +349,7 @@ class LocalBackend(ProgressListeners):
         self._queue.clear()
         for inv in pending:
             if self.records_failures:
-                write_failure_records(inv, protocol.FAIL_BACKEND, self._failure)
+                write_failure_records(inv, protocol.FAIL_BACKEND, self._failure, self.signing_key)
         for w in self._workers:
             w.kill()
         self.notify()
@@ -403,7 +409,7 @@ class LocalBackend(ProgressListeners):
 
     def _fill_pool(self) -> None:
         while len(self._workers) < self.n_workers and not self._broken:
-            self._workers.append(_Worker(self._log_dir, self.memory_mb, self.function_name))
+            self._workers.append(_Worker(self._log_dir, self.memory_mb, self.function_name, self.signing_key))
 
     def _dispatch(self) -> None:
         ready = [w for w in self._workers if w.ready]
@@ -456,7 +462,7 @@ class LocalBackend(ProgressListeners):
     def _failed(self, inv: Invocation, outcome: str, kind: str, message: str) -> None:
         """``inv`` ran and failed: its calls get records (unless this pool writes none)."""
         if self.records_failures:
-            write_failure_records(inv, kind, message)
+            write_failure_records(inv, kind, message, self.signing_key)
         self._report(inv, outcome, message)
 
     def _read_worker(self, w: _Worker) -> None:
@@ -475,7 +481,7 @@ class LocalBackend(ProgressListeners):
                         summary = message[2] if isinstance(message[2], dict) else {}
                         error = summary.get("handler_error")
                         if error and self.records_failures:
-                            write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}")
+                            write_failure_records(inv, protocol.FAIL_HANDLER, f"the worker's handler failed: {error}", self.signing_key)
                         # Only a handler that raised is a function error on Lambda; one that returned
                         # a summary naming a problem returned normally.
                         self._report(inv, "error" if summary.get("handler_raised") else "ok", error or "")

@@ -103,7 +103,7 @@ class DeployConfig(_Names):
     def worker_policy(self) -> dict[str, Any]:
         return worker_policy(self.bucket, self.prefix, self.region, self.account, self.function_name, self.partition)
 
-    def settings_document(self, max_concurrency: int | None = None) -> dict[str, Any]:
+    def settings_document(self, max_concurrency: int | None = None, signing_key: str | None = None) -> dict[str, Any]:
         return settings_document(
             function_name=self.function_name,
             bucket=self.bucket,
@@ -111,6 +111,7 @@ class DeployConfig(_Names):
             prefix=self.prefix,
             endpoint_url=self.endpoint_url,
             max_concurrency=max_concurrency,
+            signing_key=signing_key,
         )
 
 

@@ -48,6 +48,7 @@ class DeployState:
     package_layer_arns: list[str] = field(default_factory=list)
     function_exists: bool = False
     max_concurrency: int | None = None  # what the function really has, when known
+    signing_key: str = ""  # hex: the function's own, kept on a re-deploy, else made by ``plan_function``
 
     @property
     def layer_arns(self) -> list[str]:

@@ -104,8 +104,10 @@ def settings_document(
     prefix: str,
     endpoint_url: str | None,
     max_concurrency: int | None = None,
+    signing_key: str | None = None,
 ) -> dict[str, Any]:
-    """The ``wren.*`` settings that point ``default_executor()`` at the deployment.
+    """The ``wren.*`` settings that point ``default_executor()`` at the deployment, and the key
+    (``signing_key``, hex) that the host shares with the function.
 
     ``max_concurrency``, when known, is the concurrency the function really has (its reservation,
     or the account's unreserved pool): more calls in flight would only queue inside Lambda.
@@ -114,6 +116,8 @@ def settings_document(
     aws: dict[str, Any] = {"function-name": function_name, "region": region}
     if max_concurrency is not None:
         aws["max-concurrency"] = max_concurrency
+    if signing_key:
+        aws["signing-key"] = signing_key
     # Always written, null without --endpoint-url: a later deploy to real AWS clears a stand-in's URL.
     storage["endpoint-url"] = endpoint_url
     aws["lambda-endpoint-url"] = endpoint_url
@@ -121,7 +125,7 @@ def settings_document(
 
 
 def function_settings(
-    cfg: DeployConfig, role_arn: str, layer_arns: str | Sequence[str], versions: dict[str, str]
+    cfg: DeployConfig, role_arn: str, layer_arns: str | Sequence[str], versions: dict[str, str], signing_key: str
 ) -> dict[str, Any]:
     """The function configuration ``deploy`` wants (update_function_configuration's arguments).
 
@@ -134,7 +138,7 @@ def function_settings(
         "MemorySize": cfg.memory,
         "Timeout": cfg.timeout,
         "Layers": [layer_arns] if isinstance(layer_arns, str) else list(layer_arns),
-        "Environment": {"Variables": function_environment(versions, bucket=cfg.bucket, prefix=cfg.prefix)},
+        "Environment": {"Variables": function_environment(versions, bucket=cfg.bucket, prefix=cfg.prefix, signing_key=signing_key)},
         "Description": _FUNCTION_DESCRIPTION,
     }
     if cfg.image_uri:

@@ -1,7 +1,8 @@
 """The settings file (``~/.config/dask/wren.yaml``) that points ``default_executor()`` at the deployment.
 
 Deploy's last step merges the ``wren.*`` document into it (keys someone added stay) and writes it
-atomically; ``flatten_settings`` gives the ``dask.config.set`` keys ``dask-wren test`` reads.
+atomically, readable by its owner only (mode 0600 from its creation: it holds the signing key,
+``wren.aws.signing-key``, with which anyone could make the workers run their code); ``flatten_settings`` gives the ``dask.config.set`` keys ``dask-wren test`` reads.
 """
 
 from __future__ import annotations
@@ -56,14 +57,17 @@ def plan_settings_file(cfg: DeployConfig, aws: AwsClients, state: DeployState) -
     """Deploy's last step: the ``wren.*`` document merged into the file, with the concurrency just read."""
     path = cfg.config_file
     current = read_yaml(path)
-    merged = _merge(current, cfg.settings_document(state.max_concurrency))
+    merged = _merge(current, cfg.settings_document(state.max_concurrency, state.signing_key))
     if merged == current:
         return Change(f"settings {path}", "unchanged")
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(merged, sort_keys=False, default_flow_style=False))
+        tmp.unlink(missing_ok=True)  # a leftover would keep its own mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(merged, sort_keys=False, default_flow_style=False))
         os.replace(tmp, path)
 
     before, after = flatten_settings(current), flatten_settings(merged)

@@ -30,6 +30,7 @@ from dask_wren.deploy.policies import (
     trust_policy,
 )
 from dask_wren.deploy.settings_file import plan_settings_file
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 
 DIRECT_UPLOAD_LIMIT = 50 * MiB  # larger zips must be published from S3 (a Lambda limit)
 ROLE_RETRY_ATTEMPTS = 12  # create_function while a new role propagates through IAM: ~1 min
@@ -286,7 +287,10 @@ def plan_function(cfg: DeployConfig, aws: AwsClients, state: DeployState) -> Cha
         if error_code(e) != "ResourceNotFoundException":
             raise
         current = None
-    wanted = function_settings(cfg, state.role_arn, state.layer_arns, versions)
+    # The signing key is made once: a re-deploy keeps the function's, so hosts that have it keep working.
+    kept = ((current or {}).get("Environment") or {}).get("Variables", {}).get(KEY_VARIABLE)
+    state.signing_key = kept or SigningKey.generate().text()
+    wanted = function_settings(cfg, state.role_arn, state.layer_arns, versions, state.signing_key)
     image, package_type = cfg.image_uri, "Image" if cfg.image_uri else "Zip"
     summary = f"{f'image {image}' if image else cfg.runtime}, {cfg.arch}, {cfg.memory} MB, {cfg.timeout} s"
     if len(wanted.get("Layers", [])) > 1:

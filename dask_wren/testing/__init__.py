@@ -7,7 +7,8 @@
 - a Lambda endpoint (``LambdaEndpoint``) serving one function whose invocations run the real
   ``lambda_worker.handler.lambda_handler`` in local worker processes, with injectable faults.
   The function is configured as ``dask-wren deploy`` configures one (no asynchronous retries;
-  ``DASK_WREN_BUCKET`` / ``DASK_WREN_PREFIX`` in its environment), and the stand-in is never
+  ``DASK_WREN_BUCKET`` / ``DASK_WREN_PREFIX`` and a fresh ``DASK_WREN_SIGNING_KEY`` in its
+  environment, the same key in ``settings_overrides``), and the stand-in is never
   kinder than Lambda: it kills an invocation at the function's Timeout or when it exceeds the
   function's memory, and writes no failure record for it (Lambda writes none).
 
@@ -66,6 +67,7 @@ from dask_wren.testing.lambda_endpoint import (
     default_environment,
 )
 from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 
 __all__ = [
     "Execution",
@@ -99,13 +101,15 @@ class StandIn:
     endpoint: LambdaEndpoint
     faults: Faults
     prefix: str = PREFIX
-    settings_overrides: dict[str, Any] = field(init=False)
-    dask_config: dict[str, Any] = field(init=False)
+    #: The key the function and its hosts share (hex), as ``dask-wren deploy`` makes one.
+    signing_key: str = field(default_factory=lambda: SigningKey.generate().text(), repr=False)
+    settings_overrides: dict[str, Any] = field(init=False, repr=False)
+    dask_config: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.settings_overrides = aws_settings(
             bucket=self.bucket, s3_url=self.s3_url, region=self.region, function_name=self.function_name,
-            lambda_url=self.lambda_url, prefix=self.prefix,
+            signing_key=self.signing_key, lambda_url=self.lambda_url, prefix=self.prefix,
         )
         self.dask_config = as_dask_config(self.settings_overrides)
 
@@ -186,9 +190,10 @@ def aws_standin(
             s3_url = s3_endpoint.rstrip("/")
         _ensure_bucket(s3_url, bucket)
         endpoint = LambdaEndpoint(workers=workers, faults=faults, region=REGION, retry_delays=retry_delays).start()
+        signing_key = SigningKey.generate().text()
         endpoint.add_function(
             function_name, timeout=timeout, memory_mb=memory_mb, enforce_memory=enforce_memory,
-            environment={"DASK_WREN_BUCKET": bucket, "DASK_WREN_PREFIX": prefix},
+            environment={"DASK_WREN_BUCKET": bucket, "DASK_WREN_PREFIX": prefix, KEY_VARIABLE: signing_key},
         )
         endpoint.put_event_invoke_config(function_name, MaximumRetryAttempts=async_retries)
         yield StandIn(
@@ -200,6 +205,7 @@ def aws_standin(
             endpoint=endpoint,
             faults=endpoint.faults,
             prefix=prefix,
+            signing_key=signing_key,
         )
     finally:
         try:

@@ -74,6 +74,7 @@ from dask_wren.config import Settings, aws_settings
 from dask_wren.deploy import layer
 from dask_wren.testing.runtime_api import RuntimeAPIServer, RuntimeInitError
 from lambda_worker import protocol
+from lambda_worker.signing import SigningKey
 
 __all__ = ["CACHE_ENV", "CleanRoom", "CleanRoomBackend", "CleanRoomError", "Layers", "cache_dir", "cached_layers"]
 
@@ -301,9 +302,12 @@ class CleanRoomBackend(ProgressListeners):
     cannot either): the result is ignored by the executor.
     """
 
-    def __init__(self, server: RuntimeAPIServer, *, grace: float = 30.0, health: Callable[[], str | None] | None = None):
+    def __init__(
+        self, server: RuntimeAPIServer, signing_key: SigningKey, *, grace: float = 30.0, health: Callable[[], str | None] | None = None
+    ):
         super().__init__()
         self.server = server
+        self.signing_key = signing_key  # the runtimes' key: failure records are signed with it
         self.grace = grace
         self._health = health
         self._cond = threading.Condition()
@@ -394,7 +398,7 @@ class CleanRoomBackend(ProgressListeners):
             doc = answer[1] if isinstance(answer[1], dict) else {"errorMessage": answer[1]}
             failure = (protocol.FAIL_HANDLER, f"the handler failed: {doc.get('errorType')}: {doc.get('errorMessage')}")
         if failure is not None:
-            write_failure_records(inv, *failure)
+            write_failure_records(inv, *failure, self.signing_key)
         with self._cond:
             self._results[rid] = answer if answer is not None else (False, {"errorMessage": failure[1] if failure else ""})
             self._cond.notify_all()
@@ -470,6 +474,7 @@ class CleanRoom:
         self.region = REGION
         self.out = out
         self._s3_endpoint = s3_endpoint
+        self.signing_key = SigningKey.generate()  # as `dask-wren deploy` makes one for a function
         self.as_root = os.geteuid() == 0
         self.uid, self.gid = self._sandbox_user()
         self.layers: Layers | None = None
@@ -499,7 +504,7 @@ class CleanRoom:
             self._build_sandbox(runtime)
             self._start_s3()
             self.server = RuntimeAPIServer(function_name=self.function_name, timeout=self.timeout, region=self.region).start()
-            self.backend = CleanRoomBackend(self.server, health=self._health)
+            self.backend = CleanRoomBackend(self.server, self.signing_key, health=self._health)
             for i in range(self.runtimes):
                 self.processes.append(self._start_runtime(i))
             return self
@@ -537,7 +542,10 @@ class CleanRoom:
 
     def settings(self, **overrides: Any) -> Settings:
         """Executor settings for this room: backend aws, S3 storage on the room's endpoint."""
-        values = aws_settings(bucket=self.bucket, s3_url=self.s3_url, region=self.region, function_name=self.function_name)
+        values = aws_settings(
+            bucket=self.bucket, s3_url=self.s3_url, region=self.region, function_name=self.function_name,
+            signing_key=self.signing_key.text(),
+        )
         return Settings.from_config(**{**values, **overrides})
 
     def executor(self, **overrides: Any):
@@ -734,7 +742,9 @@ class CleanRoom:
             "AWS_LAMBDA_LOG_STREAM_NAME": f"clean-room-{index}",
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
-            **deploy.function_environment(deploy.host_versions(), bucket=self.bucket, prefix=self.settings().prefix),
+            **deploy.function_environment(
+                deploy.host_versions(), bucket=self.bucket, prefix=self.settings().prefix, signing_key=self.signing_key.text()
+            ),
             **exe_env,
         }
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):

@@ -94,7 +94,8 @@ Where the stand-in still differs from Lambda:
   100 unreserved.
 - The function's ``Environment`` is reported by GetFunctionConfiguration but not applied to the
   workers: they inherit this process's environment as it was when their pool started (which is
-  how they get S3 credentials).
+  how they get S3 credentials).  Only its ``DASK_WREN_SIGNING_KEY`` reaches them, as on Lambda; a
+  function without one gets a key no host holds (on Lambda its handler would refuse to start).
 - Memory is enforced on the worker's resident set by polling, not by a cgroup; CPU is not scaled
   with memory.
 - Only ``$LATEST``: no versions, aliases, layers or code; no destinations or DLQs.
@@ -128,6 +129,7 @@ from dask_wren.backends.base import Invocation
 from dask_wren.backends.local import MEMORY_POLL_INTERVAL, LocalBackend, read_tail, resident_bytes
 from dask_wren.subprocesses import clean_environment, python_command
 from dask_wren.testing.loopback import LoopbackHandler, LoopbackServer
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +372,12 @@ class _Function:
     created: float = field(default_factory=time.time)
     event_invoke_config: dict[str, Any] | None = None  # as PutFunctionEventInvokeConfig stored it
     reserved_concurrency: int | None = None
+    unknown_key: SigningKey = field(default_factory=SigningKey.generate, repr=False)
+
+    def signing_key(self) -> SigningKey:
+        """The key its workers hold: its ``DASK_WREN_SIGNING_KEY``, or (without one) a key no host holds."""
+        text = self.environment.get(KEY_VARIABLE)
+        return SigningKey.from_text(text, f"{KEY_VARIABLE} of function {self.name}") if text else self.unknown_key
 
     def retry_policy(self) -> tuple[int, float]:
         """``(MaximumRetryAttempts, MaximumEventAgeInSeconds)`` in force (Lambda's defaults without a configuration)."""
@@ -655,6 +663,7 @@ class LambdaEndpoint(LoopbackServer):
             kill_grace=0.0,  # killed at the function's Timeout
             on_outcome=self._pool_outcome,
             concurrency_limit=fn.reserved_concurrency,
+            signing_key=fn.signing_key(),
         )
         pool.start()
         return pool
@@ -1078,7 +1087,8 @@ class LambdaEndpoint(LoopbackServer):
         limit = fn.memory_mb * 1024 * 1024 if fn.enforce_memory else None
         killed = None
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=self._workdir, env=clean_environment(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = {**clean_environment(), KEY_VARIABLE: fn.signing_key().text()}
+            proc = subprocess.Popen(cmd, cwd=self._workdir, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         with self._lock:
             self._procs.add(proc)
         try:
