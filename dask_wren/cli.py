@@ -1,4 +1,4 @@
-"""The ``dask-wren`` command: ``deploy``, ``destroy`` and ``test``.
+"""The ``dask-wren`` command: ``deploy``, ``destroy``, ``test`` and ``clean``.
 
 ``main(argv)`` returns the exit code.  An error the user can cause (no credentials, no region,
 access denied, a bad option) ends in one ``dask-wren: error: ...`` line on stderr and exit code 1;
@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import dask.config
 
 import dask_wren
+from dask_wren import orphans
+from dask_wren.config import Settings, make_storage
 from dask_wren.deploy import (
     MAX_TIMEOUT,
     DeployError,
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dask-wren", description="Run Python functions and Dask graphs on AWS Lambda (the cloud button)."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test,clean}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--function-name", help="Lambda function (default: wren.aws.function-name, 'dask-wren')")
@@ -108,7 +110,30 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--function-name", help="function to call (default: from the settings)")
     t.add_argument("--timeout", type=float, default=60, help="seconds a call may take (default 60)")
     t.add_argument("--config-file", type=Path, help="read the settings from this file too")
+
+    c = sub.add_parser(
+        "clean",
+        help="remove what dead hosts left: their jobs in storage, their local workers' logs",
+        description=(
+            "Remove the jobs (under wren.storage.prefix) and local worker log folders of host processes on this "
+            "machine that died (killed, crashed) before cleaning up, and jobs that no host claims. The next "
+            "executor start removes the first kind too; other machines' hosts are only touched with --older-than."
+        ),
+    )
+    c.add_argument("--older-than", type=_duration, metavar="AGE", help="also remove every job whose host started longer ago (any machine): 30m, 12h, 1d")
+    c.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    c.add_argument("--config-file", type=Path, help="read the settings from this file too")
     return parser
+
+
+def _duration(text: str) -> float:
+    """``30s``, ``30m``, ``12h``, ``1d`` (or plain seconds) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (examples: 30m, 12h, 1d)") from None
 
 
 def options(cls: type[_Options], args: argparse.Namespace) -> _Options:
@@ -126,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "destroy":
             destroy(options(DestroyOptions, args))
             return 0
+        if args.command == "clean":
+            return run_clean(older_than=args.older_than, dry_run=args.dry_run, config_file=args.config_file)
         return run_test(args.calls, function_name=args.function_name, config_file=args.config_file, timeout=args.timeout)
     except KeyboardInterrupt:
         print("dask-wren: interrupted", file=sys.stderr)
@@ -209,6 +236,24 @@ def run_test(
         f"all done after {done - ready:.2f} s; {calls - failures} succeeded, {failures} failed"
     )
     return 1 if failures else 0
+
+
+# -- dask-wren clean ---------------------------------------------------------------------------
+
+
+def run_clean(*, older_than: float | None = None, dry_run: bool = False, config_file: Path | None = None) -> int:
+    """List (``dry_run``) or remove the leftovers ``orphans.find_leftovers`` finds in the configured store."""
+    settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}
+    with dask.config.set(settings):
+        config = Settings.from_config()
+    storage = make_storage(config)
+    leftovers = orphans.find_leftovers(storage, config.prefix, older_than)
+    for item in leftovers:
+        print(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.where}: {item.reason}")
+    if not dry_run:
+        orphans.remove(storage, leftovers)
+    print(f"{len(leftovers)} leftover(s) {'found' if dry_run else 'removed'} in {storage!r}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,7 @@ class Settings:
     output_tail: int = 4096
     result_inline_limit: int = 1 << 20
     poll_interval: float = 0.05
+    cancel_poll_interval: float = 2.0
     cleanup: bool = True
     storage: str = "local"
     prefix: str = "dask-wren"
@@ -105,6 +106,7 @@ _KEYS = {
     "output_tail": "wren.output-tail",
     "result_inline_limit": "wren.result-inline-limit",
     "poll_interval": "wren.poll-interval",
+    "cancel_poll_interval": "wren.cancel-poll-interval",
     "cleanup": "wren.cleanup",
     "storage": "wren.storage.kind",
     "prefix": "wren.storage.prefix",

@@ -38,7 +38,9 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from dask_wren import orphans
 from dask_wren.backends import Backend, Invocation, make_backend
+from dask_wren.cancelling import CancelMarkers
 from dask_wren.config import Settings, make_storage
 from dask_wren.futures import ALL_COMPLETED, WrenFuture, get_all_results, wait
 from dask_wren.monitor import Monitor
@@ -82,7 +84,13 @@ class Executor:
         self._listener = self.monitor.wake
         self.backend.add_progress_listener(self._listener)
         self._host_versions = serialize.runtime_versions()
-        self._finalizer = weakref.finalize(self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup)
+        self._cancels = CancelMarkers(self.storage, self.settings.prefix, self.monitor)
+        self._host_record = orphans.HostRecord(self.storage, self.settings.prefix, self.executor_id, self.settings.cleanup)
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup, self._cancels, self._host_record
+        )
+        orphans.sweep_once(self.storage, self.settings.prefix)
+
 
     def __repr__(self) -> str:
         return f"<dask_wren.Executor {self.executor_id} backend={self.settings.backend} storage={self.storage!r}>"
@@ -193,6 +201,13 @@ class Executor:
         """Results in order (default: every future of this executor); the first error raises."""
         return get_all_results(self._futures if futures is None else futures, timeout)
 
+    def cancel(self, futures: Iterable[WrenFuture] | None = None) -> None:
+        """Cancel ``futures`` (default: every future of this executor).  Calls that run on workers
+        stop within two ``wren.cancel-poll-interval`` periods; one cancel marker per job."""
+        with self._cancels.batch():
+            for f in list(self._futures if futures is None else futures):
+                f.cancel()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop using this executor; by default wait for its calls, then clean its storage."""
         with self._lock:
@@ -200,8 +215,7 @@ class Executor:
                 return
             self._closed = True
         if cancel_futures:
-            for f in self._futures:
-                f.cancel()
+            self.cancel()
         if wait:
             self.wait(self._futures)
         self.backend.remove_progress_listener(self._listener)
@@ -216,6 +230,7 @@ class Executor:
         job_id = f"{self.executor_id}-{next(self._job_counter):04d}"
         with self._lock:
             self._jobs.append(job_id)
+        self._host_record.write()  # before the job's first object: a dead host's jobs can be found
         return job_id
 
     def _make_future(self, job_id: str, call_id: str, tracked: bool = True) -> WrenFuture:
@@ -263,6 +278,7 @@ class Executor:
         request_id = future.stats.get("request_id_sent")
         if request_id is not None:
             self.backend.cancel(request_id, future.call_id)
+        self._cancels.add(future)  # a worker running it stops at its next look at the marker
 
     def _submit(self, func, items, extra_env, include_modules, exclude_modules, chunksize, timeout, *, job_id=None, futures=None) -> list[WrenFuture]:
         submitted = time.time()
@@ -297,7 +313,7 @@ class Executor:
         base = protocol.build_event(
             prefix=prefix, job_id=job_id, storage=self.storage.spec(), calls=[], timeout=timeout,
             extra_env=env, host_versions=self._host_versions,
-            output_tail=self.settings.output_tail, submitted=submitted,
+            output_tail=self.settings.output_tail, submitted=submitted, cancel_poll=self.settings.cancel_poll_interval,
         )
         base_size = len(json.dumps(base))
         if base_size > MAX_EVENT_BYTES // 2:  # a large extra_env: every call reads it from storage instead
@@ -350,7 +366,10 @@ def _check_env(extra_env: dict[str, str] | None) -> dict[str, str]:
     return dict(extra_env)
 
 
-def _cleanup(storage: Storage, prefix: str, jobs: list[str], enabled: bool) -> None:
+def _cleanup(
+    storage: Storage, prefix: str, jobs: list[str], enabled: bool, cancels: CancelMarkers, host: orphans.HostRecord
+) -> None:
+    cancels.cancel_waiting()  # calls still running as the executor goes (Ctrl-C, exit): stop them
     if not enabled:
         return
     for job_id in list(jobs):
@@ -359,6 +378,13 @@ def _cleanup(storage: Storage, prefix: str, jobs: list[str], enabled: bool) -> N
         except Exception as e:  # best effort: the bucket lifecycle rule (AWS) or temp cleaner gets the rest
             logger.warning("dask-wren: could not delete job %s from storage: %s", job_id, e)
         jobs.remove(job_id)
+    try:
+        # A cancelled call may run until its next look at its marker: the markers stay, and the
+        # host record with them, for the sweep after this process ends (dask_wren.orphans).
+        if not cancels.restore():
+            host.delete()
+    except Exception as e:
+        logger.warning("dask-wren: could not delete this executor's host record: %s", e)
 
 
 def default_executor(**overrides: Any) -> Executor:

@@ -91,6 +91,12 @@ class Monitor:
         with self._lock:
             return list(self._jobs)
 
+    def waiting(self, job_id: str) -> int:
+        """How many calls of ``job_id`` still wait for their records (cancelled ones are forgotten)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return len(job.futures) if job is not None else 0
+
     def forget(self, job_id: str, call_id: str) -> None:
         """Stop watching one call (it was cancelled)."""
         with self._lock:

@@ -379,8 +379,7 @@ class _Compute:
                 logger.debug("wren_get: released intermediates not deleted yet (%s): %s", len(doomed), e)
 
     def close(self) -> None:
-        for future in list(self.futures):
-            future.cancel()
+        self.executor.cancel(list(self.futures))  # the calls still running stop on their workers
         for job_id in self.jobs:
             self.executor.drop_listener(job_id)
         if self.pool is not None:

@@ -13,6 +13,11 @@ What Lambda does not do, the handler does itself, on every backend:
   replaces the execution environment, and the host learns of the timeout within seconds instead
   of after its lost-call grace.  It cannot act while C code holds the GIL (a long NumPy kernel
   does not, a C extension's busy loop may); the host's lost-call detection covers that case;
+- **cancel**: while a call runs, the same thread reads the job's cancel marker every
+  ``event["cancel_poll"]`` seconds (one GET; counted in the call's ``storage_requests``).  Once
+  every call of the invocation without a record is cancelled, it ends the process: on Lambda the
+  execution stops (and its billing).  It writes no record: the host resolved those futures as
+  cancelled already, or is gone;
 - **storage failures**: a record that cannot be written is retried as a bare failure record; one
   that still cannot be written is logged and reported in the return value, never raised.
 A crash or an out-of-memory kill writes nothing, as on Lambda: the host sees no result.
@@ -45,6 +50,8 @@ PROCESS_START = time.time()
 DEADLINE_MARGIN = 2.0
 #: Exit status of a worker process whose invocation the watchdog ended (as ``timeout(1)`` uses).
 WATCHDOG_EXIT_CODE = 124
+#: Exit status of a worker process whose invocation was cancelled by its host.
+CANCEL_EXIT_CODE = 125
 _state = {"invocations": 0}
 _func_cache: dict[tuple[str, str], Any] = {}
 _FUNC_CACHE_MAX = 8
@@ -81,7 +88,7 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         return {"request_id": request_id, "job_id": job_id, "calls": 0, "handler_error": message}
     invocation = _Invocation(storage, event, calls, base, requests, key)
     deadline, expiry = _deadline(event, context, start_mono)
-    _WATCHDOG.arm(deadline, lambda: invocation.expire(expiry))
+    _WATCHDOG.arm(deadline, lambda: invocation.expire(expiry), invocation.poll_cancel, float(event.get("cancel_poll") or 0))
     try:
         mismatch = _version_problem(event.get("v"), event.get("host_versions") or {})
         invocation.run((protocol.FAIL_VERSION, mismatch) if mismatch else untrusted)
@@ -161,45 +168,67 @@ def _version_problem(version: Any, host: dict[str, str]) -> str | None:
 
 
 class _Watchdog:
-    """One thread per process that calls ``expire`` when the armed deadline passes.
+    """One thread per process that calls ``expire`` when the armed deadline passes, and ``poll``
+    every ``interval`` seconds until then (``interval`` 0: never).
 
     Armed for each invocation and disarmed when it ends; ``expire`` ends the process, so the
     thread never has to stop a call it cannot interrupt.  Arming must cost next to nothing (a
     warm worker runs thousands of short invocations): the thread is woken only when a new
-    deadline comes before the time it already sleeps to, so with steady timeouts it wakes about
-    once per timeout period, finds a later deadline armed, and sleeps on.
+    deadline or poll comes before the time it already sleeps to, so with steady timeouts it
+    wakes about once per poll interval, finds a later time armed, and sleeps on.  A poll runs
+    outside the lock and may outlive its invocation: ``poll`` must check that its invocation
+    still runs before it acts.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._expire: Callable[[], None] | None = None
+        self._poll: Callable[[], None] | None = None
+        self._interval = 0.0
+        self._next_poll = float("inf")
         self._sleeping_until: float | None = None  # None: asleep until woken
         self._thread: threading.Thread | None = None
 
-    def arm(self, deadline: float, expire: Callable[[], None]) -> None:
+    def arm(self, deadline: float, expire: Callable[[], None], poll: Callable[[], None] | None = None, interval: float = 0.0) -> None:
         with self._cond:
             self._deadline, self._expire = deadline, expire
+            self._poll, self._interval = (poll, interval) if poll is not None and interval > 0 else (None, 0.0)
+            self._next_poll = time.monotonic() + interval if self._poll is not None else float("inf")
+            wake = min(deadline, self._next_poll)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="dask-wren-watchdog", daemon=True)
                 self._thread.start()
-            elif self._sleeping_until is None or deadline < self._sleeping_until:
+            elif self._sleeping_until is None or wake < self._sleeping_until:
                 self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
-            self._deadline = self._expire = None
+            self._deadline = self._expire = self._poll = None
+            self._next_poll = float("inf")
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._deadline is None or time.monotonic() < self._deadline:
-                    self._sleeping_until = self._deadline
-                    self._cond.wait(None if self._deadline is None else self._deadline - time.monotonic())
-                expire, self._deadline, self._expire = self._expire, None, None
+                while True:
+                    now = time.monotonic()
+                    wake = None if self._deadline is None else min(self._deadline, self._next_poll)
+                    if wake is not None and now >= wake:
+                        break
+                    self._sleeping_until = wake
+                    self._cond.wait(None if wake is None else wake - now)
                 self._sleeping_until = None
+                if now >= self._deadline:
+                    expire, poll = self._expire, None
+                    self._deadline = self._expire = self._poll = None
+                    self._next_poll = float("inf")
+                else:
+                    expire, poll = None, self._poll
+                    self._next_poll = now + self._interval
             if expire is not None:
                 expire()
+            elif poll is not None:
+                poll()
 
 
 _WATCHDOG = _Watchdog()
@@ -219,6 +248,7 @@ class _Invocation:
         self.unrecorded: list[str] = []
         self.current: _CallRunner | None = None
         self.recorded: set[str] = set()
+        self.polls = 0  # cancel-marker reads not yet counted in a record's storage_requests
         self._extra_env: dict[str, str] | None = None
         # Held while a record is written: the watchdog's records and the calls' never interleave,
         # and once the watchdog holds it, no call writes again (the process is ending).
@@ -240,6 +270,29 @@ class _Invocation:
             status = runner.fail(*problem) if problem else runner.run()
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.current = None
+
+    def poll_cancel(self) -> None:
+        """Read the job's cancel marker (watchdog thread); end the process if every call without
+        a record is cancelled."""
+        try:
+            marker = self.storage.get(protocol.cancel_key(self.event["prefix"], self.event["job_id"]))
+        except (KeyNotFound, StorageDenied):  # no marker (S3 says 403 for a missing key without ListBucket)
+            marker = None
+        except Exception as e:  # storage unreachable for now: look again next time
+            print(f"dask-wren: could not read the job's cancel marker: {type(e).__name__}: {e}", file=sys.__stderr__, flush=True)
+            marker = None
+        with self.lock:
+            self.polls += 1
+        if marker is None:
+            return
+        cancelled = protocol.cancelled_calls(marker)
+        self.lock.acquire()  # released only if the process goes on
+        left = {call["id"] for call in self.calls} - self.recorded
+        if not left or (cancelled != protocol.CANCEL_ALL and not left <= cancelled):
+            self.lock.release()
+            return
+        print(f"dask-wren: job {self.event['job_id']} cancelled by its host: ending this invocation", file=sys.__stderr__, flush=True)
+        os._exit(CANCEL_EXIT_CODE)
 
     def expire(self, what: str) -> None:
         """Record every call without a record as timed out, then end this process."""
@@ -347,7 +400,8 @@ class _CallRunner:
     def _put(self, status: str, payload: bytes) -> str:
         self.header["status"] = status
         self.header["timings"]["worker_result_write"] = time.time()
-        self.header["storage_requests"] = self.requests + 1
+        self.header["storage_requests"] = self.requests + 1 + self.invocation.polls
+        self.invocation.polls = 0
         self.invocation.recorded.add(self.call["id"])
         try:
             # First writer wins: a duplicate delivery of the same call (async Lambda is at-least-once)

@@ -13,8 +13,15 @@ Key layout under ``{prefix}/{job_id}/``::
     env.json                  the job's extra_env, when it would make the event too large
     r/{shard}/{call_id}       the result record of a call's first attempt
     r/{shard}/{call_id}.{n}   the record of its attempt n (a retry or a backup, n >= 1)
+    cancel.json               the job's cancel marker (``cancel_marker``): ``{"calls": "all"}`` or
+                              ``{"calls": [call ids]}``; workers poll it every ``cancel_poll`` s
+                              of the event and end an invocation whose unrecorded calls are all in it
 
 A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).
+
+Under ``{prefix}/hosts/`` each executor leaves a record (``host_key``) before its first job, and
+deletes it after its jobs: job ids are ``{executor_id}-{n:04d}``, so a record names the jobs of
+one host process, whose objects are leftovers once that process is dead.
 """
 
 from __future__ import annotations
@@ -111,6 +118,38 @@ AFTER_ATTEMPTS = "~"
 
 def result_key(prefix: str, job_id: str, call_id: str, attempt: int = 0) -> str:
     return f"{prefix}/{job_id}/r/{result_name(call_id, attempt)}"
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/cancel.json"
+
+
+#: ``cancel_marker``'s value for a whole job.
+CANCEL_ALL = "all"
+
+
+def cancel_marker(calls: str | list[str]) -> bytes:
+    """The cancel marker's content: ``CANCEL_ALL`` or the cancelled call ids."""
+    return json.dumps({"calls": calls}).encode()
+
+
+def cancelled_calls(marker: bytes) -> str | set[str]:
+    """``CANCEL_ALL`` or the set of cancelled call ids in a cancel marker."""
+    calls = json.loads(marker)["calls"]
+    return CANCEL_ALL if calls == CANCEL_ALL else set(calls)
+
+
+def hosts_prefix(prefix: str) -> str:
+    return f"{prefix}/hosts/"
+
+
+def host_key(prefix: str, hostname: str, pid: int, pid_started: float, executor_id: str) -> str:
+    """An executor's host record, JSON ``{"executor_id", "hostname", "pid", "pid_started",
+    "started", "cleanup"}`` (``pid_started``: the process's start time, which tells a reused pid
+    apart, 0 where unknown; ``started``: when the executor wrote it; both ``time.time()``
+    seconds; ``cleanup``: whether the executor deletes its jobs).  The key names the machine and
+    the process, so one LIST of a machine's records tells which of its hosts are dead."""
+    return f"{prefix}/hosts/{hostname}/{pid}-{pid_started:.2f}-{executor_id}.json"
 
 
 def call_id_for(index: int) -> str:
@@ -220,11 +259,13 @@ def build_event(
     host_versions: dict[str, str] | None = None,
     output_tail: int = 4096,
     submitted: float | None = None,
+    cancel_poll: float = 0.0,
 ) -> dict[str, Any]:
     """One invocation's event.  ``calls`` items: ``{"id": call_id, "range": [offset, length]}``.
 
     ``calls`` travels inline unless the event would grow too large; then it is stored under
-    ``calls_key`` and the worker reads it from there.
+    ``calls_key`` and the worker reads it from there.  ``cancel_poll``: seconds between the
+    worker's looks at the job's cancel marker while a call runs (0: never).
     """
     if (calls is None) == (calls_key is None):
         raise ValueError("give exactly one of calls or calls_key")
@@ -238,6 +279,7 @@ def build_event(
         "host_versions": host_versions or {},
         "output_tail": output_tail,
         "submitted": submitted,
+        "cancel_poll": cancel_poll,
     }
     if calls is not None:
         event["calls"] = calls

@@ -60,6 +60,7 @@ from multiprocessing.connection import Connection, wait
 
 from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
 from dask_wren.errors import BackendError
+from dask_wren.orphans import LOG_DIR_PREFIX
 from dask_wren.signing import local_key
 from dask_wren.subprocesses import clean_environment, python_command
 from lambda_worker import protocol
@@ -236,7 +237,7 @@ class LocalBackend(ProgressListeners):
         self.signing_key = signing_key or local_key()
         self.killed_timeout = 0
         self.killed_memory = 0
-        self._log_dir = tempfile.mkdtemp(prefix="dask-wren-workers-")
+        self._log_dir = tempfile.mkdtemp(prefix=f"{LOG_DIR_PREFIX}{os.getpid()}-")  # the pid: orphans.dead_log_dirs
         self._lock = threading.Lock()
         self._inbox: deque[_Message] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
