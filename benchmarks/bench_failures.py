@@ -8,8 +8,8 @@ call appends a line to a file when it starts, so runs are counted on the worker 
 backends (the stand-in's own execution log is printed next to it as a cross-check).
 
 All failures of one backend run in one map, one per worker, so the whole run takes about
-``(1 + lost-call-retries) x (timeout + grace)``.  With the shipped defaults (timeout 300 s,
-grace 60 s, 2 lost-call retries) the lost-call rows would take 3 x 360 s: the settings below
+``(1 + retries) x (timeout + grace)`` plus the retries' backoff.  With the shipped defaults (timeout 300 s,
+grace 60 s, 2 retries) the lost-call rows would take 3 x 360 s: the settings below
 are smaller and the formula is printed with the figures.
 
     python benchmarks/bench_failures.py [--timeout 3] [--function-timeout 8] [--grace 6] [--retries 1]
@@ -70,7 +70,7 @@ def run(ex, scenarios: dict[str, str], workdir: str, timeout: float, standin=Non
         with open(logs[name]) as log:
             runs = len(log.read().split())
         lambda_runs = len(standin.executions(job_id=f.job_id, call_id=f.call_id)) if standin else None
-        rows.append((name, outcome, seen - f.stats["host_invoked"] - timeout, runs, lambda_runs, f.stats.get("attempts")))
+        rows.append((name, outcome, seen - f.stats["host_invoked"] - timeout, runs, lambda_runs, len(f.stats.get("attempts") or ())))
     return rows
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3.0, help="the calls' own timeout (s)")
     parser.add_argument("--function-timeout", type=int, default=8, help="the stand-in function's Timeout (s)")
     parser.add_argument("--grace", type=float, default=6.0, help="wren.aws.lost-call-grace (s)")
-    parser.add_argument("--retries", type=int, default=1, help="wren.aws.lost-call-retries")
+    parser.add_argument("--retries", type=int, default=1, help="wren.retries (both backends)")
     args = parser.parse_args(argv)
     if args.timeout + args.grace <= args.function_timeout:
         parser.error("timeout + grace must outlast the function's Timeout, or a stuck call is re-invoked while it runs")
@@ -87,18 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wren-bench-failures-") as tmp:
         local = {k: v for k, v in SCENARIOS.items() if v != "memory"}  # memory is not enforced locally
         os.mkdir(os.path.join(tmp, "local"))
-        with dask_wren.local_executor(workers=len(local), storage_dir=os.path.join(tmp, "store")) as ex:
+        with dask_wren.local_executor(workers=len(local), storage_dir=os.path.join(tmp, "store"), retries=args.retries) as ex:
             table += [("local", *row) for row in run(ex, local, os.path.join(tmp, "local"), args.timeout)]
         os.mkdir(os.path.join(tmp, "aws"))
         with aws_standin(workers=len(SCENARIOS), timeout=args.function_timeout, memory_mb=512) as standin:
-            settings = dict(standin.settings_overrides, lost_call_grace=args.grace, lost_call_retries=args.retries)
+            settings = dict(standin.settings_overrides, lost_call_grace=args.grace, retries=args.retries)
             with dask_wren.default_executor(**settings) as ex:
                 table += [("aws (stand-in)", *row) for row in run(ex, SCENARIOS, os.path.join(tmp, "aws"), args.timeout, standin)]
     lost = (1 + args.retries) * (args.timeout + args.grace) - args.timeout
     print(
         f"call timeout {args.timeout:g} s, function Timeout {args.function_timeout} s, lost-call grace {args.grace:g} s, "
-        f"lost-call retries {args.retries}; a lost call fails (1 + retries) x (timeout + grace) - timeout = {lost:g} s "
-        "after its timeout"
+        f"retries {args.retries}; a lost call fails (1 + retries) x (timeout + grace) - timeout = {lost:g} s "
+        "after its timeout, plus the retries' backoff (about a second)"
     )
     print(f"{'backend':<15} {'failure':<28} {'error on the host':<18} {'s after timeout':>15} {'runs':>5} {'stand-in runs':>13} {'attempts':>8}")
     for backend, name, outcome, late, runs, lambda_runs, attempts in table:

@@ -40,6 +40,7 @@ import random
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ BACKUP_MIN_EXTRA = 1.0
 #: Calls that must have finished before a job's median means anything (or half the job, if fewer).
 BACKUP_MIN_DONE = 10
 _BACKUP_CHECK_INTERVAL = 0.2  # seconds between two straggler checks
+_RUN_TIMES_KEPT = 1001  # the median of the latest run times is the job's median
 
 
 @dataclass(frozen=True)
@@ -129,16 +131,21 @@ class _Job:
     futures: list[WrenFuture]  # by call index
     invocations: list[Invocation]  # first attempts
     chunksize: int
-    resolved: set[str] = field(default_factory=set)  # call ids resolved or cancelled
-    run_times: list[float] = field(default_factory=list)  # first attempts that succeeded
-    scan_from: int = 0  # invocations before this one have no unresolved call left
+    pending: dict[str, None]  # call ids neither resolved nor cancelled, in call order
+    #: run times of the latest first attempts that succeeded (bounded: its median is taken often)
+    run_times: deque[float] = field(default_factory=lambda: deque(maxlen=_RUN_TIMES_KEPT))
+    done: int = 0  # first attempts that succeeded
     later: bool = False  # a call has had a second attempt
 
 
 class Attempts:
     """Retries and backups for one executor's jobs (see the module docstring)."""
 
-    def __init__(self, invoke: Callable[[list[Invocation]], None], cancel: Callable[[str, str], None], call_done: Callable[[str, str], None]):
+    def __init__(
+        self, invoke: Callable[[list[Invocation]], None], cancel: Callable[[str, WrenFuture], None], call_done: Callable[[str, str], None]
+    ):
+        """``invoke``: the backend's; ``cancel(request_id, future)``: stop an attempt of the future's
+        call that lost (backend and cancel marker); ``call_done``: the backend's."""
         self._invoke = invoke
         self._tell_cancel = cancel
         self._tell_done = call_done
@@ -158,7 +165,8 @@ class Attempts:
     ) -> None:
         """A job is about to be invoked: keep what a later attempt of any of its calls needs."""
         with self._lock:
-            self._jobs[job_id] = _Job(base, entries, timeout, policy, futures, invocations, chunksize)
+            pending = dict.fromkeys(f.call_id for f in futures)
+            self._jobs[job_id] = _Job(base, entries, timeout, policy, futures, invocations, chunksize, pending)
 
     def has_later_attempts(self, job_id: str) -> bool:
         """Whether a call of the job has had a second attempt (the monitor then lists ``a/`` too)."""
@@ -196,6 +204,7 @@ class Attempts:
                 inv = job.invocations[int(call_id) // job.chunksize]
                 if inv.dispatched is not None and job.policy.backups:
                     job.run_times.append(time.monotonic() - inv.dispatched)
+                    job.done += 1
                 self._finished(job_id, job, call_id)
                 summary = [{"attempt": 0, "kind": "first", "request_id": rid, "outcome": "ok"}]
             elif job is None:
@@ -237,19 +246,19 @@ class Attempts:
         except Exception:
             logger.exception("dask-wren: the backend failed to note the end of %s (call %s)", request_id, call_id)
 
-    def _cancel(self, request_id: str, call_id: str) -> None:
+    def _cancel(self, request_id: str, future: WrenFuture) -> None:
         try:
-            self._tell_cancel(request_id, call_id)
+            self._tell_cancel(request_id, future)
         except Exception:
-            logger.exception("dask-wren: the backend failed to cancel %s (call %s)", request_id, call_id)
+            logger.exception("dask-wren: could not stop %s (call %s)", request_id, future.call_id)
 
     def _first_request_id(self, job: _Job, call_id: str) -> str:
         return job.invocations[int(call_id) // job.chunksize].request_id
 
     def _finished(self, job_id: str, job: _Job, call_id: str) -> None:
         """The call is resolved or cancelled (hold ``_lock``); the job goes with its last call."""
-        job.resolved.add(call_id)
-        if len(job.resolved) >= len(job.futures) and self._jobs.get(job_id) is job:
+        job.pending.pop(call_id, None)
+        if not job.pending and self._jobs.get(job_id) is job:
             del self._jobs[job_id]
             for key in [k for k in self._calls if k[0] == job_id]:
                 del self._calls[key]
@@ -300,7 +309,7 @@ class Attempts:
         if verdict != "resolve":
             return False
         for other in others:
-            self._cancel(other.request_id, call_id)
+            self._cancel(other.request_id, future)
         if exc is not None and len(summary) > 1:
             _note(exc, "dask-wren attempts of this call:\n" + "\n".join(
                 f"  #{a['attempt']} ({a['kind']}, {a['request_id']}): {a['outcome'][:300]}" for a in summary
@@ -309,29 +318,30 @@ class Attempts:
         return True
 
     def _stragglers(self, now: float) -> list[WrenFuture]:
-        """Futures whose only running attempt has run far longer than their job's median (hold ``_lock``)."""
+        """Futures whose only running attempt has run far longer than their job's median (hold ``_lock``).
+
+        A job's pending calls are in call order, which is the order workers take first attempts
+        in: the scan stops at the first one not taken yet, or taken too recently to be late."""
         found = []
-        for job in self._jobs.values():
-            if not job.policy.backups or len(job.run_times) < min(BACKUP_MIN_DONE, -(-len(job.futures) // 2)):
+        for job_id, job in self._jobs.items():
+            if not job.policy.backups or job.done < min(BACKUP_MIN_DONE, -(-len(job.futures) // 2)):
                 continue
-            median = statistics.median(job.run_times)
-            limit = max(job.policy.backup_factor * median, median + BACKUP_MIN_EXTRA)
-            invocations = job.invocations
-            while job.scan_from < len(invocations) and all(
-                job.futures[int(c)].done() for c in invocations[job.scan_from].call_ids
-            ):
-                job.scan_from += 1
-            for inv in invocations[job.scan_from :]:
-                if inv.dispatched is None or now - inv.dispatched < limit:
-                    continue
-                for call_id in inv.call_ids:
-                    future = job.futures[int(call_id)]
-                    call = self._calls.get((job.base["job_id"], call_id))
-                    if future.done() or (call is not None and (call.backed_up or call.due or len(call.running()) != 1)):
-                        continue
-                    if call is not None and call.running()[0].number != 0:
-                        continue  # a retry is running: it started late, not slow
-                    found.append(future)
+            limit = None
+            for call_id in job.pending:
+                index = int(call_id)
+                dispatched = job.invocations[index // job.chunksize].dispatched
+                if dispatched is None or now - dispatched < BACKUP_MIN_EXTRA:
+                    break
+                if limit is None:  # only now is the median worth its cost
+                    median = statistics.median(job.run_times)
+                    limit = max(job.policy.backup_factor * median, median + BACKUP_MIN_EXTRA)
+                if now - dispatched < limit:
+                    break
+                call = self._calls.get((job_id, call_id))
+                if call is not None and (call.backed_up or call.due or [a.number for a in call.running()] != [0]):
+                    continue  # one backup per call; a retry started late, it is not slow
+                if not job.futures[index].done():
+                    found.append(job.futures[index])
         return found
 
     def _launch(self, future: WrenFuture, kind: str) -> bool:
@@ -344,7 +354,7 @@ class Attempts:
             call = self._call_of(job, call_id)
             if kind == "backup":
                 call.backed_up = True
-            number = len(call.attempts)
+            number = max(a.number for a in call.attempts) + 1
             event = dict(job.base, calls=[job.entries[int(call_id)]], attempt=number)
             inv = Invocation(f"{job_id}-{call_id}-a{number}", event, [call_id], job.timeout, attempt=number)
             call.attempts.append(_Attempt(number, kind, inv.request_id, None, inv))

@@ -35,6 +35,11 @@ class Settings:
     poll_interval: float = 0.05
     cancel_poll_interval: float = 2.0
     cleanup: bool = True
+    retries: int = 2
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 30.0
+    backups: bool = True
+    backup_factor: float = 3.0
     storage: str = "local"
     prefix: str = "dask-wren"
     storage_dir: str | None = None
@@ -53,7 +58,6 @@ class Settings:
     retry_mode: str = "standard"
     throttle_timeout: float = 600.0
     lost_call_grace: float = 60.0
-    lost_call_retries: int = 2
     signing_key: str | None = field(default=None, repr=False)  # hex; written by ``dask-wren deploy`` (0600)
 
     @classmethod
@@ -91,6 +95,15 @@ class Settings:
             raise ConfigError(f"chunksize must be at least 1, not {self.chunksize!r}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"wren.local.workers must be at least 1, not {self.workers!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"wren.retries must be a whole number >= 0, not {self.retries!r}")
+        if self.retry_backoff < 0 or self.retry_backoff_max < self.retry_backoff:
+            raise ConfigError(
+                f"wren.retry-backoff ({self.retry_backoff!r}) must be >= 0 and at most wren.retry-backoff-max "
+                f"({self.retry_backoff_max!r})"
+            )
+        if self.backup_factor <= 1:
+            raise ConfigError(f"wren.backup-factor must be more than 1, not {self.backup_factor!r}")
         if not isinstance(self.invoker_processes, int) or self.invoker_processes < 0:
             raise ConfigError(
                 f"wren.aws.invoker-processes must be a whole number >= 0 (0: send invokes from threads in "
@@ -108,6 +121,11 @@ _KEYS = {
     "poll_interval": "wren.poll-interval",
     "cancel_poll_interval": "wren.cancel-poll-interval",
     "cleanup": "wren.cleanup",
+    "retries": "wren.retries",
+    "retry_backoff": "wren.retry-backoff",
+    "retry_backoff_max": "wren.retry-backoff-max",
+    "backups": "wren.backups",
+    "backup_factor": "wren.backup-factor",
     "storage": "wren.storage.kind",
     "prefix": "wren.storage.prefix",
     "storage_dir": "wren.storage.local-dir",
@@ -126,7 +144,6 @@ _KEYS = {
     "retry_mode": "wren.aws.retry-mode",
     "throttle_timeout": "wren.aws.throttle-timeout",
     "lost_call_grace": "wren.aws.lost-call-grace",
-    "lost_call_retries": "wren.aws.lost-call-retries",
     "signing_key": "wren.aws.signing-key",
 }
 

@@ -28,6 +28,7 @@ calls go into one object that each call reads by byte range, and calls are group
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import itertools
 import json
 import logging
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dask_wren import orphans
+from dask_wren.attempts import Attempts, RetryPolicy
 from dask_wren.backends import Backend, Invocation, make_backend
 from dask_wren.cancelling import CancelMarkers
 from dask_wren.config import Settings, make_storage
@@ -78,8 +80,15 @@ class Executor:
         self._closed = False
         self._cancel_hook = self._cancel  # one bound method for all futures
         self.signing_key = host_key(self.settings)
+        settings = self.settings
+        self._policy = RetryPolicy(
+            retries=settings.retries, backoff=settings.retry_backoff, backoff_max=settings.retry_backoff_max,
+            backups=settings.backups, backup_factor=settings.backup_factor,
+        )
+        self.attempts = Attempts(self.backend.invoke, self._stop_attempt, self.backend.call_done)
         self.monitor = Monitor(
-            self.storage, self.settings.poll_interval, self.settings.result_inline_limit, on_resolved=self._call_done
+            self.storage, settings.poll_interval, settings.result_inline_limit, on_resolved=self._call_done,
+            attempts=self.attempts,
         )
         self._listener = self.monitor.wake
         self.backend.add_progress_listener(self._listener)
@@ -90,7 +99,6 @@ class Executor:
             self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup, self._cancels, self._host_record
         )
         orphans.sweep_once(self.storage, self.settings.prefix)
-
 
     def __repr__(self) -> str:
         return f"<dask_wren.Executor {self.executor_id} backend={self.settings.backend} storage={self.storage!r}>"
@@ -116,6 +124,11 @@ class Executor:
         exclude_modules: Sequence[str] | None = None,
         chunksize: int | None = None,
         timeout: float | None = None,
+        *,
+        retries: int | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        retry_timeouts: bool = False,
+        backups: bool | None = None,
     ) -> list[WrenFuture]:
         """Run ``func(item)`` for every item, each call on a worker; one future per item.
 
@@ -123,6 +136,10 @@ class Executor:
         ``exclude_modules``: module names to ship by value / never ship (modules the worker
         cannot import are shipped automatically).  ``chunksize``: calls per invocation.
         ``timeout``: seconds per invocation before it is stopped.
+        ``retries`` (default ``wren.retries``): runs again of a call that failed for infrastructure;
+        ``retry_on``: exception classes of the function's own that are retried too;
+        ``retry_timeouts``: retry calls that ran past their timeout.  ``backups`` (default
+        ``wren.backups``): run a backup copy of a straggler; pass False for functions with side effects.
         """
         if not callable(func):
             raise TypeError(f"map() needs a callable, not {type(func).__name__}")
@@ -136,7 +153,8 @@ class Executor:
                 f"dask.config.set({{'wren.map-item-limit': {len(items)}}}) or default_executor("
                 f"map_item_limit={len(items)})"
             )
-        return self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout)
+        policy = self._policy_for(retries, retry_on, retry_timeouts, backups)
+        return self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout, policy=policy)
 
     def reduce(self, func: Callable, futures: Sequence[WrenFuture], extra_env: dict[str, str] | None = None, timeout: float | None = None) -> WrenFuture:
         """Run ``func(list_of_results)`` on a worker once all ``futures`` have succeeded.
@@ -241,12 +259,20 @@ class Executor:
                 self._futures.append(f)
         return f
 
+    def _policy_for(self, retries, retry_on, retry_timeouts, backups) -> RetryPolicy:
+        if retries is None and not retry_on and not retry_timeouts and backups is None:
+            return self._policy
+        policy = self._policy
+        return dataclasses.replace(
+            policy,
+            retries=policy.retries if retries is None else retries,
+            retry_on=tuple(retry_on),
+            retry_timeouts=bool(retry_timeouts),
+            backups=policy.backups if backups is None else bool(backups),
+        )
+
     def _call_done(self, futures: list[WrenFuture]) -> None:
-        """The monitor resolved ``futures`` (of one job): tell the backend, and the job's listener."""
-        for future in futures:
-            request_id = future.stats.get("request_id_sent")
-            if request_id is not None:
-                self.backend.call_done(request_id, future.call_id)
+        """The monitor resolved ``futures`` (of one job): tell the job's listener."""
         listener = self._job_listeners.get(futures[0].job_id)
         if listener is not None:
             listener(futures)
@@ -273,14 +299,21 @@ class Executor:
         """Forget the listener of a ``map_with_listener`` job."""
         self._job_listeners.pop(job_id, None)
 
+    def _stop_attempt(self, request_id: str, future: WrenFuture) -> None:
+        """An attempt of ``future``'s call lost to another: stop it (its record would be ignored)."""
+        self.backend.cancel(request_id, future.call_id)
+        self._cancels.add(future)  # on Lambda: the worker running it stops at its next look
+
     def _cancel(self, future: WrenFuture) -> None:
         self.monitor.forget(future.job_id, future.call_id)
-        request_id = future.stats.get("request_id_sent")
-        if request_id is not None:
-            self.backend.cancel(request_id, future.call_id)
+        for request_id, call_id in self.attempts.cancelled(future):
+            self.backend.cancel(request_id, call_id)
         self._cancels.add(future)  # a worker running it stops at its next look at the marker
 
-    def _submit(self, func, items, extra_env, include_modules, exclude_modules, chunksize, timeout, *, job_id=None, futures=None) -> list[WrenFuture]:
+    def _submit(
+        self, func, items, extra_env, include_modules, exclude_modules, chunksize, timeout, *, job_id=None, futures=None,
+        policy: RetryPolicy | None = None,
+    ) -> list[WrenFuture]:
         submitted = time.time()
         chunksize = chunksize or self.settings.chunksize
         timeout = timeout or self.settings.timeout
@@ -322,10 +355,12 @@ class Executor:
             base["extra_env"], base["extra_env_key"] = {}, env_key
             base_size = len(json.dumps(base))
         invocations = []
+        entries: list[dict[str, Any]] = []  # each call's entry, for a later attempt of it
         for n, start in enumerate(range(0, len(items), chunksize)):
             ids = call_ids[start : start + chunksize]
             event = dict(base)
             event["calls"] = calls = [{"id": c, "range": list(ranges[i]), "mac": macs[i]} for i, c in enumerate(ids, start)]
+            entries.extend(calls)
             # Measure exactly only when a generous bound per call does not settle it.
             if base_size + _MAX_CALL_JSON * len(calls) > MAX_EVENT_BYTES and len(json.dumps(event)) > MAX_EVENT_BYTES:
                 calls_key = protocol.calls_key(prefix, job_id, n)
@@ -340,8 +375,9 @@ class Executor:
                 stats["request_id_sent"] = request_id
                 stats["shipped_modules"] = payload.shipped
                 stats["arg_bytes"] = ranges[i][1]
+        self.attempts.register(job_id, base, entries, timeout, policy or self._policy, futures, invocations, chunksize)
         try:
-            self.monitor.watch(protocol.results_prefix(prefix, job_id), job_id, {f.call_id: f for f in futures})
+            self.monitor.watch(prefix, job_id, {f.call_id: f for f in futures})
             self.backend.invoke(invocations)
         except BaseException as e:  # refused (a preflight, a broken backend or monitor): no future may wait
             for f in futures:

@@ -111,37 +111,39 @@ class WrenFuture(cf.Future):
     # -- resolution (the monitor, or a detached future itself) -------------------------------
 
     def _resolve(self, record: bytes, size: int | None = None) -> None:
-        """Resolve from a result record: the whole object, or just its header when ``size`` says
-        the payload was left in storage."""
+        """Resolve from the result record under ``key``: the whole object, or just its header when
+        ``size`` says the payload was left in storage."""
         header, start = protocol.decode_header(record, key=self.signing_key, storage_key=self.key)
+        self._apply(header, start, record, size)
+
+    def _apply(self, header: dict[str, Any], start: int, record: bytes, size: int | None = None, exc: BaseException | None = None) -> None:
+        """Resolve from a decoded record (``exc``: its exception, when the caller built it already)."""
         self.header = header
         self.stdout = header.get("stdout", "")
         self.stderr = header.get("stderr", "")
-        self.stats.update({k: v for k, v in header.get("timings", {}).items()})
+        self.stats.update(header.get("timings", ()))
         self.stats["host_result_seen"] = time.time()
         for k in ("result_bytes", "storage_requests", "worker_pid", "request_id"):
             if k in header:
                 self.stats[k] = header[k]
-        # invocations the host made of this call: the first, and each re-invoke of a lost call
-        self.stats["attempts"] = int(header.get("attempt") or 0) + 1
-        payload = record[start:] if size is None or len(record) >= size else None
-        status = header.get("status")
         try:
-            if status == protocol.STATUS_OK:
-                if payload is not None:
+            if header.get("status") == protocol.STATUS_OK:
+                if size is None or len(record) >= size:
                     self._value = serialize.loads(self._payload(header, memoryview(record)[start:]))
                 self.set_result(None)
             else:
-                if payload is None:
-                    payload = self.storage.get(self.key)[start:]
-                try:
-                    payload = self._payload(header, payload)
-                except errors.IntegrityError as e:
-                    self.set_exception(e)
-                    return
-                self.set_exception(_exception_from(header, payload, self))
+                self.set_exception(exc if exc is not None else self._failure(header, start, record, size))
         except cf.InvalidStateError:
             pass  # cancelled meanwhile, or a duplicate record: the first outcome stands
+
+    def _failure(self, header: dict[str, Any], start: int, record: bytes, size: int | None = None) -> BaseException:
+        """The exception a failed record stands for (its payload read from storage if left there)."""
+        payload = record[start:] if size is None or len(record) >= size else self.storage.get(self.key)[start:]
+        try:
+            payload = self._payload(header, payload)
+        except errors.IntegrityError as e:
+            return e
+        return _exception_from(header, payload, self)
 
     def _payload(self, header: dict[str, Any], payload: bytes | memoryview) -> bytes | memoryview:
         """The record's payload, checked against its verified header before anything unpickles it."""
@@ -258,7 +260,7 @@ def _exception_from(header: dict[str, Any], payload: bytes, future: WrenFuture) 
     message = f"{where}: {error.get('message', 'the call failed')}"
     if kind in (protocol.FAIL_TIMEOUT, protocol.FAIL_LOST):
         return errors.WrenTimeoutError(message + "; pass a larger timeout= or split the work")
-    if kind == protocol.FAIL_WORKER_DIED:
+    if kind in (protocol.FAIL_WORKER_DIED, protocol.FAIL_EXIT):
         return errors.WorkerDiedError(message)
     if kind == protocol.FAIL_VERSION:
         return errors.VersionMismatchError(message)

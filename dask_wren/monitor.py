@@ -8,7 +8,10 @@ when results may have appeared, so the local backend is not slowed to the pollin
 State (guarded by ``_lock``; the monitor thread is the only one that reads storage):
     jobs     job id -> ``_Watched``: the result prefix, the futures still unresolved, the call
              ids already seen, and ``low``, below which every call id was seen, so a listing
-             starts after it (results of a job are keys in call order)
+             starts after it (results of a job are keys in call order); the records of later
+             attempts (``a/``, few) are listed whole, and only while the job has any
+Each record goes to ``attempts`` (``dask_wren.attempts``), which resolves the future or keeps it
+waiting for a retry or a backup; each round ends with its ``tick`` (the retries that are due).
 A job leaves ``jobs`` when its last future resolves, or when its listing failed
 ``_LIST_FAILURES_ALLOWED`` rounds in a row: then every future of the job fails with the
 ``StorageError`` rather than waiting forever.  Each round's resolved futures go to
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dask_wren import errors
+from dask_wren.attempts import Attempts
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
 from lambda_worker.storage import Storage, StorageError
@@ -41,8 +45,10 @@ _LIST_FAILURES_ALLOWED = 3
 @dataclass
 class _Watched:
     prefix: str
+    later_prefix: str  # records of later attempts
     futures: dict[str, WrenFuture]  # call_id -> future, unresolved only
     seen: set[str] = field(default_factory=set)
+    later_seen: set[str] = field(default_factory=set)
     low: int = 0  # every call id below this one has been seen: list only past it
     list_failures: int = 0  # consecutive rounds whose listing failed
 
@@ -59,8 +65,10 @@ class Monitor:
         poll_interval: float,
         inline_limit: int,
         on_resolved: Callable[[list[WrenFuture]], None] | None = None,
+        attempts: Attempts | None = None,
     ):
         self.storage = storage
+        self.attempts = attempts
         self.on_resolved = on_resolved
         self.poll_interval = poll_interval
         self.inline_limit = inline_limit
@@ -71,13 +79,16 @@ class Monitor:
         self._failure: errors.BackendError | None = None  # the thread died: no more watching
         self._thread: threading.Thread | None = None
 
-    def watch(self, results_prefix: str, job_id: str, futures: dict[str, WrenFuture]) -> None:
+    def watch(self, prefix: str, job_id: str, futures: dict[str, WrenFuture]) -> None:
+        """Resolve ``futures`` (call id -> future) of job ``job_id`` under storage prefix ``prefix``."""
         with self._lock:
             if self._failure is not None:
                 raise self._failure
             job = self._jobs.get(job_id)
             if job is None:
-                self._jobs[job_id] = _Watched(results_prefix, dict(futures))
+                self._jobs[job_id] = _Watched(
+                    protocol.results_prefix(prefix, job_id), protocol.attempts_prefix(prefix, job_id), dict(futures)
+                )
             else:
                 job.futures.update(futures)
             if self._thread is None:
@@ -135,6 +146,8 @@ class Monitor:
                 jobs = [(job_id, job) for job_id, job in self._jobs.items()]
             for job_id, job in jobs:
                 self._scan(job_id, job)
+            if self.attempts is not None:
+                self._settled(self.attempts.tick())
             # Hints can arrive per finished call; listing a large prefix that often would take the
             # host's time from dispatching.  Space rounds by a few times the last round's cost.
             gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
@@ -175,13 +188,32 @@ class Monitor:
             probe = self.storage.get_range(key, 0, needed)
         return probe
 
-    def _scan(self, job_id: str, job: _Watched) -> None:
+    def _settled(self, futures: list[WrenFuture]) -> None:
+        """``futures`` were resolved outside a record (a retry the backend refused): stop watching them."""
+        by_job: dict[str, list[WrenFuture]] = {}
+        with self._lock:
+            for future in futures:
+                job = self._jobs.get(future.job_id)
+                if job is not None and job.futures.pop(future.call_id, None) is not None:
+                    by_job.setdefault(future.job_id, []).append(future)
+                if job is not None and not job.futures:
+                    del self._jobs[future.job_id]
+        for batch in by_job.values():
+            self._tell(batch)
+
+    def _list(self, job_id: str, job: _Watched) -> list[tuple[str, str, int]] | None:
+        """New records of the job: ``(key, name, size)``; None when listing failed."""
         found = []
         try:
             for key, size in self.storage.list(job.prefix, start_after=job.start_after()):
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
+            if self.attempts is not None and self.attempts.has_later_attempts(job_id):
+                for key, size in self.storage.list(job.later_prefix):
+                    name = key.rsplit("/", 1)[-1]
+                    if name not in job.later_seen:
+                        found.append((key, name, size))
             job.list_failures = 0
         except Exception as e:
             # The store's client has already retried; a few failed rounds in a row mean the
@@ -189,25 +221,39 @@ class Monitor:
             job.list_failures += 1
             if job.list_failures >= _LIST_FAILURES_ALLOWED:
                 self._fail_job(job_id, job, e)
+            return None
+        for _, name, _ in found:
+            (job.later_seen if "." in name else job.seen).add(name)
+        return found
+
+    def _scan(self, job_id: str, job: _Watched) -> None:
+        found = self._list(job_id, job)
+        if found is None:
             return
         with self._lock:
-            pending = [(key, job.futures.pop(call_id, None), size) for key, call_id, size in found]
-        job.seen.update(call_id for _, call_id, _ in found)
+            pending = [(key, job.futures.get(protocol.parse_result_key(name)[0]), size) for key, name, size in found]
         resolved = []
         for key, future, size in pending:
             if future is None:
                 continue
             try:
-                if size <= self.inline_limit:
-                    future._resolve(self.storage.get(key))
+                record = self.storage.get(key) if size <= self.inline_limit else self._read_header(key)
+                if self.attempts is None:
+                    future.key = key
+                    future._resolve(record, size)
+                    final = True
                 else:
-                    future._resolve(self._read_header(key), size)
+                    final = self.attempts.on_record(future, key, protocol.parse_result_key(key)[1], record, size)
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)
-            resolved.append(future)
-        if resolved:
-            self._tell(resolved)  # once per round: its consumers take a batch at a time
+                final = True
+            if final:
+                resolved.append(future)
         with self._lock:
+            for future in resolved:
+                job.futures.pop(future.call_id, None)
             if not job.futures and self._jobs.get(job_id) is job:
                 del self._jobs[job_id]
+        if resolved:
+            self._tell(resolved)  # once per round: its consumers take a batch at a time

@@ -540,7 +540,7 @@ class _CallRunner:
         tail = (self.header.get("stdout", "") + self.header.get("stderr", ""))[-2000:].strip()
         if tail:
             message += f"; the end of its output:\n{tail}"
-        self.fail(protocol.FAIL_WORKER_DIED, message)
+        self.fail(protocol.FAIL_EXIT, message)
         raise exc
 
 

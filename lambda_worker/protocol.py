@@ -12,12 +12,14 @@ Key layout under ``{prefix}/{job_id}/``::
     calls/{invocation}.json   an invocation's call list, when it would make the event too large
     env.json                  the job's extra_env, when it would make the event too large
     r/{shard}/{call_id}       the result record of a call's first attempt
-    r/{shard}/{call_id}.{n}   the record of its attempt n (a retry or a backup, n >= 1)
+    a/{call_id}.{n}           the record of its attempt n >= 1 (a retry or a backup): few, so
+                              the host lists them apart from the many first attempts
     cancel.json               the job's cancel marker (``cancel_marker``): ``{"calls": "all"}`` or
                               ``{"calls": [call ids]}``; workers poll it every ``cancel_poll`` s
                               of the event and end an invocation whose unrecorded calls are all in it
 
-A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).
+A shard is a block of ``CALLS_PER_SHARD`` consecutive calls (see ``shard_of``).  Every object and
+record above that holds a pickle carries a MAC (see "signed objects" below and ``signing``).
 
 Under ``{prefix}/hosts/`` each executor leaves a record (``host_key``) before its first job, and
 deletes it after its jobs: job ids are ``{executor_id}-{n:04d}``, so a record names the jobs of
@@ -45,6 +47,7 @@ STATUS_FAILED = "failed"
 FAIL_SETUP = "setup"  # function or arguments could not be loaded on the worker
 FAIL_RESULT = "result"  # the return value could not be pickled
 FAIL_WORKER_DIED = "worker_died"
+FAIL_EXIT = "exit"  # the function called sys.exit: its own decision, so never retried
 FAIL_TIMEOUT = "timeout"
 FAIL_VERSION = "version"
 FAIL_HANDLER = "handler"  # the handler itself failed, e.g. it could not reach storage
@@ -97,27 +100,27 @@ def results_prefix(prefix: str, job_id: str) -> str:
     return f"{prefix}/{job_id}/r/"
 
 
-def result_name(call_id: str, attempt: int = 0) -> str:
-    """A record's key below ``results_prefix``: ``{shard}/{call_id}``, or ``{shard}/{call_id}.{attempt}``
-    for a later attempt.  Every attempt writes a key of its own (first writer wins per key, against
-    duplicate deliveries of the same attempt); ``.`` sorts before digits, so a listing still
-    returns the records in call order."""
-    name = f"{shard_of(call_id)}/{call_id}"
-    return f"{name}.{attempt}" if attempt else name
+def result_name(call_id: str) -> str:
+    """A first attempt's record key below ``results_prefix``: ``{shard}/{call_id}``."""
+    return f"{shard_of(call_id)}/{call_id}"
 
 
-def parse_result_name(name: str) -> tuple[str, int]:
-    """``(call_id, attempt)`` of a record's key (its last part is enough)."""
-    call_id, _, attempt = name.rsplit("/", 1)[-1].partition(".")
-    return call_id, int(attempt) if attempt else 0
-
-
-#: Sorts after every attempt of a call and before the next call (see ``result_name``).
-AFTER_ATTEMPTS = "~"
+def attempts_prefix(prefix: str, job_id: str) -> str:
+    return f"{prefix}/{job_id}/a/"
 
 
 def result_key(prefix: str, job_id: str, call_id: str, attempt: int = 0) -> str:
-    return f"{prefix}/{job_id}/r/{result_name(call_id, attempt)}"
+    """Where attempt ``attempt`` of a call writes its record.  Every attempt has a key of its own
+    (first writer wins per key, against duplicate deliveries of the same attempt)."""
+    if attempt:
+        return f"{prefix}/{job_id}/a/{call_id}.{attempt}"
+    return f"{prefix}/{job_id}/r/{result_name(call_id)}"
+
+
+def parse_result_key(key: str) -> tuple[str, int]:
+    """``(call_id, attempt)`` of a record's key."""
+    call_id, _, attempt = key.rsplit("/", 1)[-1].partition(".")
+    return call_id, int(attempt) if attempt else 0
 
 
 def cancel_key(prefix: str, job_id: str) -> str:

@@ -19,7 +19,8 @@ def run_map(standin, n, **settings):
     with dask_wren.default_executor(**standin.settings_overrides, **settings) as ex:
         futures = ex.map(triple, range(n))
         results = dask_wren.get_all_results(futures, timeout=280)
-        records = [k for k, _ in ex.storage.list(protocol.results_prefix(ex.settings.prefix, futures[0].job_id))]
+        job = futures[0].job_id
+        records = [k for p in (protocol.results_prefix, protocol.attempts_prefix) for k, _ in ex.storage.list(p(ex.settings.prefix, job))]
     return futures, results, records
 
 
@@ -27,8 +28,10 @@ def assert_exact(futures, results, records):
     n = len(futures)
     assert results == [3 * i for i in range(n)]
     assert all(f.succeeded() for f in futures)
-    # one result record per call: a second delivery never wrote a second counted result
-    assert len(records) == n == len(set(records))
+    # every call has records (one per attempt: a second delivery never wrote a second one), and
+    # each future took the record of one attempt
+    assert {protocol.parse_result_key(k)[0] for k in records} == {f.call_id for f in futures}
+    assert len(records) == len(set(records)) and all(f.key in records for f in futures)
 
 
 # A 429 storm is met by many calls in flight, each throttled request retried on its own, as on
@@ -38,7 +41,7 @@ def assert_exact(futures, results, records):
 STORM_WORKERS = 16
 # botocore gives up after 2 retries, so the host's own pause-and-resend path absorbs part of the
 # storm too, and no single call sits in botocore's longest backoffs.
-STORM_SETTINGS = {"invoke_max_attempts": 2}
+STORM_SETTINGS = {"invoke_max_attempts": 2, "backups": False}  # counts invokes exactly: no backups
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,11 @@ def test_all_faults_at_once(standin, faults, n):
 
 def test_a_call_dropped_every_time_fails_clearly(standin, faults):
     faults.set(drop_rate=1.0)
-    with dask_wren.default_executor(**standin.settings_overrides, timeout=1, lost_call_grace=0.5, lost_call_retries=1) as ex:
+    with dask_wren.default_executor(**standin.settings_overrides, timeout=1, lost_call_grace=0.5, retries=1) as ex:
         f = ex.call_async(triple, 1)
-        with pytest.raises(dask_wren.WrenTimeoutError, match="after 2 invocation"):
+        with pytest.raises(dask_wren.WrenTimeoutError, match="no result within the call's timeout") as caught:
             f.result(timeout=60)
+        assert len(f.stats["attempts"]) == 2
+        if hasattr(caught.value, "add_note"):
+            assert "#1 (retry" in "\n".join(caught.value.__notes__)
     assert faults.snapshot().dropped == 2

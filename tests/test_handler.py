@@ -246,7 +246,7 @@ def test_sys_exit_is_recorded_with_its_output_then_ends_the_process(tmp_path):
     with pytest.raises(SystemExit):
         handler.lambda_handler(make_event(store, exits, [3]), FakeContext())
     header, _ = read(store, 0)
-    assert header["error"]["kind"] == protocol.FAIL_WORKER_DIED
+    assert header["error"]["kind"] == protocol.FAIL_EXIT
     assert "sys.exit(3)" in header["error"]["message"] and "exited with code 3" in header["error"]["message"]
     assert "last words" in header["error"]["message"]
 

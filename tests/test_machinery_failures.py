@@ -67,10 +67,10 @@ def test_a_monitor_that_raises_fails_its_futures(tmp_path, monkeypatch):
 
 def test_a_listener_that_raises_is_logged_and_the_monitor_goes_on(tmp_path, monkeypatch, caplog):
     with dask_wren.default_executor(**settings(tmp_path)) as ex:
-        def broken(request_id, call_id):
+        def broken(futures):
             raise RuntimeError("injected listener fault")
 
-        monkeypatch.setattr(ex.backend, "call_done", broken)
+        monkeypatch.setattr(ex.monitor, "on_resolved", broken)
         assert [f.result(timeout=30) for f in ex.map(abs, [-1, -2])] == [1, 2]
         assert [f.result(timeout=30) for f in ex.map(abs, [-3, -4])] == [3, 4]  # later rounds still run
     assert "injected listener fault" in caplog.text

@@ -123,6 +123,22 @@ def test_a_straggler_gets_a_backup_that_wins(executor, markers):
     assert executor.attempts.launched["backup"] == 1
 
 
+def test_the_losing_attempt_on_lambda_is_stopped_by_the_cancel_marker(standin, markers):
+    """The stand-in never stops a call for the host: the straggler that lost to its backup ends
+    because its worker's watchdog reads the job's cancel marker."""
+    settings = dict(standin.ensure_bucket().settings_overrides, cancel_poll_interval=0.2, timeout=60)
+    with dask_wren.default_executor(**settings) as ex:
+        futures = ex.map(flaky, [(i, "hang" if i == 3 else None, markers) for i in range(12)])
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(12)]
+        assert [a["kind"] for a in futures[3].stats["attempts"]] == ["first", "backup"]
+        original = standin.executions(job_id=futures[3].job_id, call_id="000003")
+        assert original, "the stand-in ran no execution of the straggler"
+        deadline = time.monotonic() + 10
+        while any(e.outcome is None for e in standin.executions(job_id=futures[3].job_id)):
+            assert time.monotonic() < deadline, "the losing attempt still runs"
+            time.sleep(0.05)
+
+
 def test_backups_false_runs_no_backup(local_executor, markers):
     futures = local_executor.map(flaky, [(i, None, markers) for i in range(12)] + [(99, "hang", markers)], timeout=2, backups=False)
     with pytest.raises(dask_wren.WrenTimeoutError):

@@ -15,12 +15,13 @@ What AWS asks of a client, and where it is handled:
 - at-least-once delivery: a duplicate run finds its result record already written (records are
   first-writer-wins) and the monitor counts each call once;
 - a call whose result has not come within its timeout plus ``wren.aws.lost-call-grace`` (the
-  event was dropped, or its worker died) is invoked again, up to ``wren.aws.lost-call-retries``
-  times; after that, or when an invoke fails for good, a failure record is written here, so no
-  future waits forever;
+  event was dropped, or its worker died), or whose invoke failed for good, gets a failure record
+  written here (``lost`` / ``invoke``), so no future waits forever; the host's retry mechanism
+  (``dask_wren.attempts``, the one retry authority) then decides whether to run it again;
 - before the first invoke, a preflight reads the deployment once (``Deployment``): the function
   must exist, record (at deploy time) the same Python minor, cloudpickle, dask and protocol
-  versions as here, and leave every re-run to the host (asynchronous retries 0: Lambda would
+  versions as here, hold the host's signing key (``wren.aws.signing-key``), and leave every
+  re-run to the host (asynchronous retries 0: Lambda would
   otherwise run a failing call up to twice more, unseen); the concurrency it really has caps
   ``wren.aws.max-concurrency``; each job's timeout, bucket and prefix are then checked against
   the function's Timeout and the bucket and prefix recorded at deploy time, before it is invoked.
@@ -33,12 +34,12 @@ logic below (queue, cap, ramp, throttle pauses, lost calls) is the same either w
 passed in (tests) cannot cross processes, so it is used from the sender threads here.
 
 State (guarded by ``_cond``):
-    queue      invocations accepted, not yet sent
-    in_flight  first request id -> ``_InFlight``: the invocation, its calls without a result yet,
+    queue      invocations accepted, not yet sent (later attempts, retries and backups, first)
+    in_flight  request id -> ``_InFlight``: the invocation, its calls without a result yet,
                and its deadline (``None`` until Lambda accepted the invoke; then the call's
-               timeout plus the grace, after which the watchdog retries or fails the calls).
+               timeout plus the grace, after which the watchdog writes ``lost`` records).
                An entry goes (``_forget``) when its last call is done, when it is throttled
-               (back to the queue), lost (failure records written) or retried (a new entry)
+               (back to the queue) or lost (failure records written)
     ceiling    how many invocations may be in flight now (the ramp); Lambda counts concurrency
                in executions, one per invocation whatever its number of calls
 Sender threads take from ``queue`` while the invocations in flight stay under the ceiling; a watchdog
@@ -122,7 +123,6 @@ class AWSLambdaBackend(ProgressListeners):
         self._host_key = settings.signing_key
         #: The key the function holds (the host's too), once the preflight has compared them.
         self.signing_key: SigningKey | None = None
-        self.retries = settings.lost_call_retries
         if not isinstance(self.function_name, str) or not self.function_name:
             # checked here because the clients skip botocore's parameter validation (client_config)
             raise ValueError(f"wren.aws.function-name must be a non-empty string, not {self.function_name!r}")
@@ -181,7 +181,11 @@ class AWSLambdaBackend(ProgressListeners):
                 raise RuntimeError("this AWS backend has been shut down")
             if not self._in_flight and not self._queue:
                 self._ramp_start = time.monotonic()  # idle: the next burst starts afresh
-            self._queue.extend(invocations)
+            for inv in invocations:
+                if inv.attempt:  # a retry or a backup is late already: it goes first
+                    self._queue.appendleft(inv)
+                else:
+                    self._queue.append(inv)
             self._start_threads()
             self._cond.notify_all()
 
@@ -477,7 +481,7 @@ class AWSLambdaBackend(ProgressListeners):
                     # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
                     if len(self._in_flight) < self._ceiling(time.monotonic()):
                         inv = self._queue.popleft()
-                        self._in_flight[inv.first_request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
+                        self._in_flight[inv.request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
                 else:
@@ -515,9 +519,10 @@ class AWSLambdaBackend(ProgressListeners):
             self._throttle_streak = 0
             with self._cond:
                 self.sent += 1
-                entry = self._in_flight.get(inv.first_request_id)
+                entry = self._in_flight.get(inv.request_id)
                 if entry is not None:
-                    entry.deadline = time.monotonic() + inv.timeout + self.grace
+                    inv.dispatched = time.monotonic()
+                    entry.deadline = inv.dispatched + inv.timeout + self.grace
 
     def _forget(self, request_id: str) -> None:
         """The invocation filed as ``request_id`` no longer counts as in flight (hold ``_cond``):
@@ -530,7 +535,7 @@ class AWSLambdaBackend(ProgressListeners):
         senders with jittered exponential backoff, honouring Retry-After, and send it again.
         False once the invocation has been throttled for longer than ``throttle_timeout``."""
         now = time.monotonic()
-        first = self._throttled_since.setdefault(inv.first_request_id, now)
+        first = self._throttled_since.setdefault(inv.request_id, now)
         if now - first > self.throttle_timeout:
             return False
         headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -545,7 +550,7 @@ class AWSLambdaBackend(ProgressListeners):
             self._paused_until = max(self._paused_until, now + pause)
             self._queue.appendleft(inv)
             self.throttled += 1
-            self._forget(inv.first_request_id)
+            self._forget(inv.request_id)
         return True
 
     def _lost(self, inv: Invocation, kind: str, message: str) -> None:
@@ -553,7 +558,7 @@ class AWSLambdaBackend(ProgressListeners):
             write_failure_records(inv, kind, message, self.signing_key)
         finally:
             with self._cond:
-                self._forget(inv.first_request_id)
+                self._forget(inv.request_id)
             self.notify()
 
     def _watchdog(self) -> None:
@@ -562,40 +567,18 @@ class AWSLambdaBackend(ProgressListeners):
                 if self._closed:
                     return
                 now = time.monotonic()
-                overdue = [e for e in self._in_flight.values() if e.deadline is not None and now > e.deadline]
-                retry = []
-                for entry in overdue:
-                    inv, left = entry.invocation, entry.calls_left - entry.invocation.cancelled
-                    if inv.attempt < self.retries and left:
-                        # Invoke the calls still without a result again; a late original and its
-                        # retry cannot both count: the first result record written wins.
-                        self._forget(inv.first_request_id)
-                        retry.append(_retry_of(inv, left))
-                self._queue.extendleft(reversed(retry))
-                lost = [e.invocation for e in overdue if e.invocation.first_request_id in self._in_flight]
+                lost = [e.invocation for e in self._in_flight.values() if e.deadline is not None and now > e.deadline]
                 self._cond.wait(timeout=min(1.0, max(0.05, self.grace / 4)))
             for inv in lost:
+                # The host decides whether to invoke the calls again (``dask_wren.attempts``); a late
+                # original cannot count twice: this record is written first at its attempt's key.
                 self._lost(
                     inv,
                     protocol.FAIL_LOST,
-                    f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s, "
-                    f"after {inv.attempt + 1} invocation(s): the Lambda invocations were lost (dropped, or their "
-                    f"worker died); see CloudWatch log group /aws/lambda/{self.function_name}",
+                    f"no result within the call's timeout ({inv.timeout:g} s) plus {self.grace:g} s: the Lambda "
+                    f"invocation was lost (dropped, or its worker died); see CloudWatch log group "
+                    f"/aws/lambda/{self.function_name}",
                 )
-
-
-def _retry_of(inv: Invocation, calls: set[str]) -> Invocation:
-    event = dict(inv.event, attempt=inv.attempt + 1)
-    if "calls" in event:
-        event["calls"] = [c for c in event["calls"] if c["id"] in calls]
-    return Invocation(
-        request_id=f"{inv.request_id}-r{inv.attempt + 1}",
-        event=event,
-        call_ids=[c for c in inv.call_ids if c in calls],
-        timeout=inv.timeout,
-        attempt=inv.attempt + 1,
-        origin=inv.origin or inv.request_id,
-    )
 
 
 def shared_aws_backend(settings: Settings) -> AWSLambdaBackend:
@@ -609,7 +592,7 @@ def shared_aws_backend(settings: Settings) -> AWSLambdaBackend:
     config = (
         settings.function_name, settings.aws_region, settings.region, settings.lambda_endpoint_url,
         settings.retry_mode, settings.invoke_max_attempts, settings.invoke_threads, settings.invoker_processes,
-        settings.max_concurrency, settings.lost_call_grace, settings.lost_call_retries, settings.throttle_timeout,
+        settings.max_concurrency, settings.lost_call_grace, settings.throttle_timeout,
         settings.signing_key,  # the preflight checks it against the function's: one backend per key
     )
     aws_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}

@@ -27,19 +27,15 @@ class Invocation:
     call_ids: list[str]
     timeout: float
     cancelled: set[str] = field(default_factory=set)
-    attempt: int = 0  # retries of lost calls are new invocations of the same calls
-    origin: str | None = None  # the request id of the first attempt
-
-    @property
-    def first_request_id(self) -> str:
-        """The request id the calls are filed under: the first attempt's, which futures know."""
-        return self.origin or self.request_id
+    attempt: int = 0  # 0, or the attempt number of its calls' retry or backup (``dask_wren.attempts``)
+    #: ``time.monotonic()`` when a worker began running it (set by the backend): stragglers count from here
+    dispatched: float | None = None
 
 
 def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:
-    """Drop ``call_id`` from the queued invocation filed as ``request_id``; False if not queued."""
+    """Drop ``call_id`` from the queued invocation ``request_id``; False if not queued."""
     for inv in queue:
-        if inv.first_request_id == request_id:
+        if inv.request_id == request_id:
             inv.cancelled.add(call_id)
             if inv.cancelled >= set(inv.call_ids):
                 queue.remove(inv)
@@ -77,7 +73,8 @@ class Backend(Protocol):
     result record in storage (written by the worker, or by the backend for a worker it lost),
     unless the call was cancelled."""
 
-    def invoke(self, invocations: list[Invocation]) -> None: ...
+    def invoke(self, invocations: list[Invocation]) -> None:
+        """Run ``invocations``; those of a later attempt (retries, backups) go before any queued first attempt."""
 
     def cancel(self, request_id: str, call_id: str) -> None:
         """Best effort: drop the call if it has not started, stop it if it is running alone."""
@@ -165,5 +162,5 @@ def _write_failure_records(inv: Invocation, kind: str, message: str, signing_key
             "error": {"kind": kind, "message": message},
             "timings": {"backend_recorded": now},
         }
-        key = protocol.result_key(event["prefix"], event["job_id"], call_id)
+        key = protocol.result_key(event["prefix"], event["job_id"], call_id, inv.attempt)
         storage.put_if_absent(key, protocol.encode_result(header, key=signing_key, storage_key=key))

@@ -10,7 +10,8 @@ State (dispatcher thread only):
              sent ahead only while the queue is long and recent calls were short
 
 Transitions:
-    invoke        -> appended to queue; idle workers take from the head (while fewer than
+    invoke        -> appended to queue (a later attempt, a retry or backup, to its head);
+                     idle workers take from the head (while fewer than
                      ``concurrency_limit`` workers are busy, when one is set)
     worker done   -> the next sent invocation (if any) starts; progress listeners are told; a
                      handler that raised or reported a ``handler_error`` (storage unreachable)
@@ -387,7 +388,11 @@ class LocalBackend(ProgressListeners):
                         self._failed(inv, "died", protocol.FAIL_WORKER_DIED, self._broken)
                     self.notify()
                 else:
-                    self._queue.extend(message.invocations)
+                    for inv in message.invocations:
+                        if inv.attempt:  # a retry or a backup is late already: it runs next
+                            self._queue.appendleft(inv)
+                        else:
+                            self._queue.append(inv)
             elif isinstance(message, _Cancel):
                 self._cancel(message.request_id, message.call_id)
                 message.acted.set()
@@ -425,6 +430,7 @@ class LocalBackend(ProgressListeners):
                 busy += 1
                 w.started = time.monotonic()
                 self._send_invocation(w, self._queue.popleft())
+                w.sent[0].dispatched = w.started
         # Send one more ahead only when there is a backlog of short calls: the worker then never
         # waits for the host, and a long call cannot hold back much behind it.
         if len(self._queue) > len(ready) and self._recent_call_time < _AHEAD_MAX_CALL_TIME:
@@ -489,6 +495,8 @@ class LocalBackend(ProgressListeners):
                     else:
                         self._report(inv, "cancelled")
                     w.started = now
+                    if w.sent:  # the one sent ahead starts now
+                        w.sent[0].dispatched = now
                     self.notify()
         except (EOFError, OSError):
             self._lost(w, None)
