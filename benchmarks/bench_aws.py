@@ -333,7 +333,7 @@ def bench_end_to_end(standin, n, threads, chunksize=None, storage=None):
 def sample_event(standin):
     """An event of the size the executor sends for one call."""
     return protocol.build_event(
-        prefix="dask-wren", job_id="bench0000-0000", calls=[{"id": protocol.call_id_for(0), "range": [0, 5]}],
+        prefix="dask-wren", job_id="bench0000-0000", calls=[{"id": protocol.call_id_for(0), "range": [0, 5], "mac": "0" * 64}],
         storage={"kind": "s3", "bucket": standin.bucket, "region": standin.region, "endpoint_url": standin.s3_url},
         timeout=300.0, host_versions=aws_backend.host_versions(), submitted=time.time(),
     )

@@ -58,7 +58,7 @@ class SigningKey:
     @classmethod
     def from_environment(cls) -> SigningKey | None:
         text = os.environ.get(KEY_VARIABLE)
-        return cls.from_text(text, f"${KEY_VARIABLE}") if text else None
+        return _environment_key(text) if text else None
 
     def text(self) -> str:
         return self._secret.hex()
@@ -102,6 +102,12 @@ def integrity_error(label: str, what: str, key: SigningKey | None) -> IntegrityE
         "under this prefix. Give each deployment its own bucket or prefix; if no one else should write there, "
         "check who can write to the bucket, and run the job again"
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _environment_key(text: str) -> SigningKey:
+    """A worker reads its key for every invocation: parse each text once."""
+    return SigningKey.from_text(text, f"${KEY_VARIABLE}")
 
 
 @functools.cache

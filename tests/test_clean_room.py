@@ -178,7 +178,7 @@ def test_a_duplicate_delivery_leaves_one_result(room, ex):
     assert sorted(s for _, doc in answers for s in doc["statuses"]) == ["duplicate", "ok"], answers
     keys = [key for key, _ in ex.storage.list(protocol.results_prefix(ex.settings.prefix, future.job_id))]
     assert keys == [future.key]
-    header, _ = protocol.decode_header(ex.storage.get(future.key))
+    header, _ = protocol.decode_header(ex.storage.get(future.key), key=ex.signing_key, storage_key=future.key)
     assert header["status"] == protocol.STATUS_OK
     assert header["request_id"] in {doc["request_id"] for _, doc in answers}
     assert future.result() == 144

@@ -668,6 +668,7 @@ def test_build_real_layer(tmp_path, arch):
     # (and the standard library): the layer is self-contained for a call on local storage.
     from dask_wren.shipping import pickle_payload
     from lambda_worker import protocol, serialize
+    from lambda_worker.signing import KEY_VARIABLE, SigningKey
     from lambda_worker.storage.local import LocalStorage
 
     site = tmp_path / "opt"
@@ -680,12 +681,14 @@ def test_build_real_layer(tmp_path, arch):
         return {"sum": float(numpy.arange(n).sum()), "numpy": numpy.__version__, "file": numpy.__file__}
 
     store = LocalStorage(str(tmp_path / "store"))
-    payload = pickle_payload(numpy_call, [10])  # as the executor ships a job
-    store.put(protocol.func_key("t", "job"), payload.func)
-    store.put(protocol.args_key("t", "job", "0000"), payload.args[0])
+    payload = pickle_payload(numpy_call, [10])  # as the executor ships a job, signed
+    key, func_key, args_key = SigningKey.generate(), protocol.func_key("t", "job"), protocol.args_key("t", "job", "0000")
+    store.put(func_key, protocol.sign_object(key, func_key, payload.func))
+    store.put(args_key, payload.args[0])
+    mac = protocol.argument_mac(key, args_key, 0, payload.args[0])
     event = protocol.build_event(
         prefix="t", job_id="job", storage=store.spec(), timeout=60, host_versions=serialize.runtime_versions(),
-        calls=[{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])]}],
+        calls=[{"id": protocol.call_id_for(0), "range": [0, len(payload.args[0])], "mac": mac}],
     )
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
@@ -695,11 +698,13 @@ def test_build_real_layer(tmp_path, arch):
     )
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", script, str(site / "python"), json.dumps(event)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), KEY_VARIABLE: key.text()},
     )
     assert proc.returncode == 0, proc.stderr
-    blob = store.get(protocol.result_key("t", "job", protocol.call_id_for(0)))
-    header, offset = protocol.decode_header(blob)
+    record_key = protocol.result_key("t", "job", protocol.call_id_for(0))
+    blob = store.get(record_key)
+    header, offset = protocol.decode_header(blob, key=key, storage_key=record_key)
     assert json.loads(proc.stdout.strip().splitlines()[-1])["statuses"] == {"ok": 1}, header.get("error")
     value = serialize.loads(blob[offset:])
     assert header["status"] == "ok" and value["sum"] == 45.0

@@ -19,6 +19,7 @@ from dask_wren.config import Settings
 from dask_wren.shipping import pickle_payload
 from dask_wren.testing import RuntimeAPIServer, RuntimeInitError, aws_standin
 from lambda_worker import protocol, serialize
+from lambda_worker.signing import KEY_VARIABLE, SigningKey
 from lambda_worker.storage import KeyNotFound
 from lambda_worker.storage.s3 import S3Storage
 from tests.conftest import hog, hold_the_gil, nap
@@ -53,6 +54,7 @@ def function(standin):
     names = []
 
     def add(name, *, retries=None, workers=1, **config):
+        config["environment"] = {KEY_VARIABLE: standin.signing_key, **config.get("environment", {})}  # as deployed
         standin.endpoint.add_function(name, workers=workers, **config)
         names.append(name)
         if retries is not None:
@@ -93,7 +95,10 @@ def mark_and_wait(arg):
 
 
 def store_of(st):
-    return S3Storage(st.bucket, endpoint_url=st.s3_url, region=st.region)
+    """The stand-in's store, with the key its functions hold (``signing_key``) for the helpers below."""
+    store = S3Storage(st.bucket, endpoint_url=st.s3_url, region=st.region)
+    store.signing_key = SigningKey.from_text(st.signing_key, "the stand-in's key")
+    return store
 
 
 def make_event(store, func, args, timeout=60):
@@ -103,12 +108,13 @@ def make_event(store, func, args, timeout=60):
     """
     job = uuid.uuid4().hex[:12]
     payload = pickle_payload(func, args, include_modules=[__name__])
-    store.put(protocol.func_key(PREFIX, job), payload.func)
+    key, func_key, args_key = store.signing_key, protocol.func_key(PREFIX, job), protocol.args_key(PREFIX, job, "0000")
+    store.put(func_key, protocol.sign_object(key, func_key, payload.func))
     blobs = payload.args
-    store.put(protocol.args_key(PREFIX, job, "0000"), b"".join(blobs))
+    store.put(args_key, b"".join(blobs))
     calls, offset = [], 0
     for i, b in enumerate(blobs):
-        calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)]})
+        calls.append({"id": protocol.call_id_for(i), "range": [offset, len(b)], "mac": protocol.argument_mac(key, args_key, offset, b)})
         offset += len(b)
     event = protocol.build_event(
         prefix=PREFIX, job_id=job, storage=store.spec(), calls=calls, timeout=timeout,
@@ -120,10 +126,11 @@ def make_event(store, func, args, timeout=60):
 def record(store, job, i):
     """``(header, value)`` of a call's result record, or ``None`` if there is none yet."""
     try:
-        blob = store.get(protocol.result_key(PREFIX, job, protocol.call_id_for(i)))
+        key = protocol.result_key(PREFIX, job, protocol.call_id_for(i))
+        blob = store.get(key)
     except KeyNotFound:
         return None
-    header, start = protocol.decode_header(blob)
+    header, start = protocol.decode_header(blob, key=store.signing_key, storage_key=key)
     value = serialize.loads(blob[start:]) if header["status"] == protocol.STATUS_OK else None
     return header, value
 
@@ -520,7 +527,7 @@ def test_standin_on_another_s3_endpoint_restores_the_environment(aws):
         assert st.s3_url == aws.s3_url and os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
         assert st.lambda_client().get_function_event_invoke_config(FunctionName="other")["MaximumRetryAttempts"] == 2
         assert "second-bucket" in [b["Name"] for b in st.s3_client().list_buckets()["Buckets"]]
-        store = S3Storage("second-bucket", endpoint_url=st.s3_url, region=st.region)
+        store = store_of(st)
         event, job = make_event(store, square, [11])
         invoke_event(st.lambda_client(), st, event)
         assert wait_record(store, job, 0)[1] == 121
@@ -600,6 +607,7 @@ def test_the_handler_runs_under_awslambdaric(aws, tmp_path):
             AWS_LAMBDA_FUNCTION_MEMORY_SIZE="2048",
             AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{aws.function_name}",
             AWS_LAMBDA_LOG_STREAM_NAME="standin",
+            DASK_WREN_SIGNING_KEY=aws.signing_key,
         )
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
