@@ -95,9 +95,14 @@ class Run:
     results: list[Any]  # the value, or the exception
     attempts: list[list[dict[str, Any]]]
     job_id: str
-    objects_left: list[str]  # keys
     errors_logged: list[str]
     backend: Any  # shared by the executors of one configuration: shut down at the end
+    storage: Any
+    prefix: str
+
+    def objects_left(self) -> list[str]:
+        """The job's objects still in storage (its executor deleted them when it closed)."""
+        return [key for key, _ in self.storage.list(protocol.job_prefix(self.prefix, self.job_id))]
 
 
 class _Errors(logging.Handler):
@@ -125,12 +130,11 @@ def run_map(settings: dict[str, Any], fn: FaultyCall, calls: int, timeout: float
             wall = time.perf_counter() - start
             storage, prefix, backend = ex.storage, ex.settings.prefix, ex.backend
         job_id = futures[0].job_id
-        objects_left = [key for key, _ in storage.list(protocol.job_prefix(prefix, job_id))]
     finally:
         logging.getLogger("dask_wren").removeHandler(errors)
     results = [f.exception() or f.result() for f in futures]
     attempts = [attempts_of(f) for f in futures]
-    return Run(wall, futures, results, attempts, job_id, objects_left, errors.messages, backend)
+    return Run(wall, futures, results, attempts, job_id, errors.messages, backend, storage, prefix)
 
 
 def attempts_of(future: Any) -> list[dict[str, Any]]:
@@ -190,15 +194,17 @@ def account_worker_faults(plan: dict[int, str], marker_dir: str, run: Run) -> li
     return rows
 
 
-def judge(backend: str, calls: int, free: Run, faulty: Run, rows: list, processes_left: int) -> Report:
+def judge(backend: str, calls: int, free: Run, faulty: Run, rows: list) -> Report:
+    """Everything but the processes left, which are counted once the backend (and stand-in) ended."""
     problems = []
     for name, run in (("fault-free", free), ("faulty", faulty)):
         wrong = [i for i in range(calls) if run.results[i] != i * i + 1]
         if wrong:
             i = wrong[0]
             problems.append(f"{name} run: {len(wrong)} results not exact, e.g. call {i}: {run.results[i]!r}")
-        if run.objects_left:
-            problems.append(f"{name} run: {len(run.objects_left)} job objects left in storage, e.g. {run.objects_left[0]}")
+        left = run.objects_left()
+        if left:
+            problems.append(f"{name} run: {len(left)} job objects left in storage: {', '.join(left[:4])}")
         if run.errors_logged:
             problems.append(f"{name} run: {len(run.errors_logged)} errors logged, e.g. {run.errors_logged[0]}")
     accepted_once = all(
@@ -206,10 +212,8 @@ def judge(backend: str, calls: int, free: Run, faulty: Run, rows: list, processe
     ) and not faulty.errors_logged
     if not accepted_once:
         problems.append("a call's result was accepted more than once")
-    if processes_left:
-        problems.append(f"{processes_left} processes left")
     exact = sum(1 for i in range(calls) if faulty.results[i] == i * i + 1)
-    return Report(backend, rows, exact, calls, accepted_once, len(faulty.objects_left), processes_left, free.wall, faulty.wall, problems)
+    return Report(backend, rows, exact, calls, accepted_once, len(faulty.objects_left()), 0, free.wall, faulty.wall, problems)
 
 
 def soak_local(args: argparse.Namespace, workdir: str) -> Report:
@@ -222,8 +226,15 @@ def soak_local(args: argparse.Namespace, workdir: str) -> Report:
     os.mkdir(markers)
     faulty = run_map(settings, FaultyCall(plan, markers, args.work_ms / 1000, 3 * args.timeout), args.calls, args.timeout)
     shut_down(free, faulty)
-    rows = account_worker_faults(plan, markers, faulty)
-    return judge("local", args.calls, free, faulty, rows, len(descendants()))
+    report = judge("local", args.calls, free, faulty, account_worker_faults(plan, markers, faulty))
+    return count_processes_left(report)
+
+
+def count_processes_left(report: Report) -> Report:
+    report.processes_left = len(descendants())
+    if report.processes_left:
+        report.problems.append(f"{report.processes_left} processes left")
+    return report
 
 
 class Storm:
@@ -274,30 +285,45 @@ def soak_aws(args: argparse.Namespace, workdir: str) -> Report:
             standin.faults.clear()
             proxy.error_rate = 0.0
             seen, s3 = standin.faults.snapshot(), proxy.snapshot()
-            executions = standin.executions(job_id=faulty.job_id)
+            executions = settled_executions(standin, faulty.job_id)  # late losers write no more after this
             shut_down(free, faulty)
+            rows = account_worker_faults(plan, markers, faulty) + account_transport(faulty, seen, s3, executions, storm)
+            report = judge("aws (stand-in)", args.calls, free, faulty, rows)
         finally:
             proxy.stop()
-    rows = account_worker_faults(plan, markers, faulty) + account_transport(faulty, seen, s3, executions, storm)
-    return judge("aws (stand-in)", args.calls, free, faulty, rows, len(descendants()))
+    return count_processes_left(report)
+
+
+def settled_executions(standin: Any, job_id: str, quiet: float = 2.0) -> list[Any]:
+    """The job's executions once the stand-in has run what it accepted (losing attempts run on,
+    as on Lambda): none running, and no new one for ``quiet`` seconds."""
+    deadline = time.monotonic() + 60
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        executions = standin.executions(job_id=job_id)
+        if len(executions) != seen or any(e.outcome is None for e in executions):
+            seen, since = len(executions), time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+        time.sleep(0.1)
+    return executions
 
 
 def account_transport(run: Run, seen: Any, s3: Any, executions: list[Any], storm: Storm) -> list[tuple]:
     exact = {i for i, r in enumerate(run.results) if r == i * i + 1}
     runs: collections.Counter[str] = collections.Counter(e.request_id for e in executions)
-    died: collections.Counter[str] = collections.Counter(
-        c for e in executions if e.outcome in ("died", "timeout", "memory", "error") for c in e.call_ids
-    )
-    # a lost attempt either ran and died (a worker fault) or never ran: its event was dropped
-    dropped = {
-        i: max(0, sum(1 for a in attempts if a.get("outcome", "").startswith(protocol.FAIL_LOST)) - died[protocol.call_id_for(i)])
-        for i, attempts in enumerate(run.attempts)
-    }
+    ran: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # call id -> requests that ran it
+    for e in executions:
+        for c in e.call_ids:
+            ran[c].add(e.request_id)
+    # each attempt is one invoke request: those of a call that never ran were dropped
+    dropped = {i: max(0, len(attempts) - len(ran[protocol.call_id_for(i)])) for i, attempts in enumerate(run.attempts)}
     duplicated = {int(c) for e in executions if runs[e.request_id] > 1 for c in e.call_ids}
     invoke_failures = sum(1 for r in run.results if isinstance(r, dask_wren.WrenError) and "invoke request" in str(r))
     return [
-        # a lost attempt is followed by another (a retry), unless the call's retries ran out
-        (DROP, seen.dropped, sum(min(d, len(run.attempts[i]) - 1) for i, d in dropped.items()), sum(d for i, d in dropped.items() if i in exact)),
+        # a dropped attempt was made up for by another attempt (a retry, or a backup) when the call ran at all
+        (DROP, seen.dropped, sum(d for i, d in dropped.items() if d and ran[protocol.call_id_for(i)]),
+         sum(d for i, d in dropped.items() if i in exact)),
         (DUPLICATE, seen.duplicated, "-", len(duplicated & exact)),
         (S3_ERROR, s3.injected, s3.retried, s3.recovered),
         # every throttled request is sent again (by botocore, or by the host after a pause) until accepted
