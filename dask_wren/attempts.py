@@ -60,6 +60,9 @@ BACKUP_MIN_EXTRA = 1.0
 #: Calls that must have finished before a job's median means anything (or half the job, if fewer).
 BACKUP_MIN_DONE = 10
 _BACKUP_CHECK_INTERVAL = 0.2  # seconds between two straggler checks
+#: Calls not taken by a worker yet that a straggler check looks past: a local worker's pipe holds
+#: a call sent ahead behind the one it runs, so a straggler's neighbour waits untaken.
+_BACKUP_SCAN_UNTAKEN = 256
 _RUN_TIMES_KEPT = 1001  # the median of the latest run times is the job's median
 
 
@@ -286,10 +289,12 @@ class Attempts:
                 call.attempts.append(attempt)
             attempt.outcome = "ok" if kind is None else f"{kind}: {error.get('message', '')}".strip()
             others = call.running(besides=number)
-            if kind is None or not job.policy.retried(kind, exc):
+            if kind is None:
                 verdict = "resolve"
             elif others or call.due:
-                verdict = "wait"  # another attempt may still succeed
+                verdict = "wait"  # another attempt may still succeed (a straggler's timeout, its backup runs)
+            elif not job.policy.retried(kind, exc):
+                verdict = "resolve"
             elif call.retries < job.policy.retries:
                 call.retries += 1
                 call.due = True
@@ -321,25 +326,31 @@ class Attempts:
         """Futures whose only running attempt has run far longer than their job's median (hold ``_lock``).
 
         A job's pending calls are in call order, which is the order workers take first attempts
-        in: the scan stops at the first one not taken yet, or taken too recently to be late."""
+        in: the scan stops at the first one taken too recently to be late, or once it has passed
+        ``_BACKUP_SCAN_UNTAKEN`` calls not taken yet; calls whose first attempt is over are passed."""
         found = []
         for job_id, job in self._jobs.items():
             if not job.policy.backups or job.done < min(BACKUP_MIN_DONE, -(-len(job.futures) // 2)):
                 continue
-            limit = None
+            limit, untaken = None, 0
             for call_id in job.pending:
+                call = self._calls.get((job_id, call_id))
+                if call is not None and (call.backed_up or call.due or [a.number for a in call.running()] != [0]):
+                    continue  # one backup per call; a retry started late, it is not slow (nor does it end the scan)
                 index = int(call_id)
                 dispatched = job.invocations[index // job.chunksize].dispatched
-                if dispatched is None or now - dispatched < BACKUP_MIN_EXTRA:
+                if dispatched is None:  # not taken: the rest of the job, or one sent ahead behind a straggler
+                    untaken += 1
+                    if untaken > _BACKUP_SCAN_UNTAKEN:
+                        break
+                    continue
+                if now - dispatched < BACKUP_MIN_EXTRA:
                     break
                 if limit is None:  # only now is the median worth its cost
                     median = statistics.median(job.run_times)
                     limit = max(job.policy.backup_factor * median, median + BACKUP_MIN_EXTRA)
                 if now - dispatched < limit:
                     break
-                call = self._calls.get((job_id, call_id))
-                if call is not None and (call.backed_up or call.due or [a.number for a in call.running()] != [0]):
-                    continue  # one backup per call; a retry started late, it is not slow
                 if not job.futures[index].done():
                     found.append(job.futures[index])
         return found
