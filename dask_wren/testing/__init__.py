@@ -43,7 +43,9 @@ on your own endpoint is left in place).
 ``RuntimeAPIServer`` (``dask_wren.testing.runtime_api``) is the Lambda Runtime API, for running
 the handler under AWS's own runtime interface client (``awslambdaric``).  ``CountingStorage``
 (``dask_wren.testing.counting``) wraps a store and counts the requests made through it, as S3
-would bill them.  The fidelity notes (where the stand-ins differ from AWS) are in
+would bill them.  ``FaultyS3`` (``dask_wren.testing.s3_faults``) is a proxy in front of an S3
+endpoint that answers a share of the requests with S3's 503 SlowDown / 500 InternalError: point
+``endpoint_url`` at it.  The fidelity notes (where the stand-ins differ from AWS) are in
 ``dask_wren.testing.lambda_endpoint``.  moto is needed only for the default S3 server:
 ``pip install "dask-wren[test]"``.
 """
