@@ -48,6 +48,7 @@ from typing import Any
 from dask_wren.backends import Invocation
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
+from lambda_worker.errors import IntegrityError
 
 logger = logging.getLogger("dask_wren")
 
@@ -196,7 +197,12 @@ class Attempts:
         if future.cancelled():
             return True
         future.key = key  # the record of this attempt: what it verifies against, and where its value is
-        header, start = protocol.decode_header(record, key=future.signing_key, storage_key=key)
+        try:
+            header, start = protocol.decode_header(record, key=future.signing_key, storage_key=key)
+        except IntegrityError:  # the call fails with it (the monitor sets it): its attempts are over
+            for request_id, call_id in self.cancelled(future):
+                self._call_done(request_id, call_id)
+            raise
         job_id, call_id = future.job_id, future.call_id
         ok = header.get("status") == protocol.STATUS_OK
         with self._lock:

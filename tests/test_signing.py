@@ -12,6 +12,7 @@ import yaml
 
 import dask_wren
 from dask_wren import executor as executor_module
+from dask_wren.config import make_storage
 from dask_wren.signing import local_key
 from lambda_worker import protocol
 from lambda_worker.signing import KEY_VARIABLE, MAC_BYTES, SigningKey
@@ -64,9 +65,9 @@ def identity(x):
     return x
 
 
-def make_executor(settings, tmp_path, storage_wrapper):
-    ex = dask_wren.default_executor(timeout=60, **settings)
-    return dask_wren.Executor(ex.settings, storage=storage_wrapper(ex.storage), backend=ex.backend)
+def make_executor(settings, storage_wrapper):
+    settings = dask_wren.Settings.from_config(timeout=60, **settings)
+    return dask_wren.Executor(settings, storage=storage_wrapper(make_storage(settings)))
 
 
 # -- the worker side: the job's objects --------------------------------------------------------
@@ -98,7 +99,7 @@ def test_a_forged_job_object_fails_the_call_and_never_runs(backend_settings, tmp
             return forged(marker) if what != "call list" else data[MAC_BYTES:]
 
     extra_env = {"BIG": "x" * 2000} if what == "extra_env" else None
-    with make_executor(backend_settings, tmp_path, lambda s: Tampering(s, WORKER_OBJECTS[what], tamper)) as ex:
+    with make_executor(backend_settings, lambda s: Tampering(s, WORKER_OBJECTS[what], tamper)) as ex:
         futures = ex.map(identity, range(16), extra_env=extra_env, chunksize=16)
         for f in futures:
             with pytest.raises(dask_wren.IntegrityError, match=WORKER_OBJECTS[what]) as raised:
@@ -145,7 +146,7 @@ def test_a_forged_result_record_raises_on_the_host_and_is_never_unpickled(backen
             return b"WREN" + len(head).to_bytes(4, "big") + head + record[start - MAC_BYTES : start] + forged(marker)
         return forged(marker)  # no record header at all
 
-    with make_executor(backend_settings, tmp_path, lambda s: Tampering(s, "/r/", tamper, on_put=False)) as ex:
+    with make_executor(backend_settings, lambda s: Tampering(s, "/r/", tamper, on_put=False)) as ex:
         future = ex.call_async(big, n)
         with pytest.raises(dask_wren.IntegrityError, match=future.key):
             future.result(timeout=60)
