@@ -91,9 +91,8 @@ def plan_worker_faults(calls: int, share: float, seed: int) -> dict[int, str]:
 @dataclasses.dataclass
 class Run:
     wall: float
-    futures: list[Any]
     results: list[Any]  # the value, or the exception
-    attempts: list[list[dict[str, Any]]]
+    attempts: list[list[dict[str, Any]]]  # each call's future.stats["attempts"]
     job_id: str
     errors_logged: list[str]
     backend: Any  # shared by the executors of one configuration: shut down at the end
@@ -121,6 +120,7 @@ class _Errors(logging.Handler):
 
 
 def run_map(settings: dict[str, Any], fn: FaultyCall, calls: int, timeout: float, on_done: Any = None) -> Run:
+    """Map ``fn`` over ``range(calls)``; the wall time runs until the last future resolved."""
     errors = _Errors()
     logging.getLogger("dask_wren").addHandler(errors)
     try:
@@ -137,13 +137,8 @@ def run_map(settings: dict[str, Any], fn: FaultyCall, calls: int, timeout: float
     finally:
         logging.getLogger("dask_wren").removeHandler(errors)
     results = [f.exception() or f.result() for f in futures]
-    attempts = [attempts_of(f) for f in futures]
-    return Run(wall, futures, results, attempts, job_id, errors.messages, backend, storage, prefix)
-
-
-def attempts_of(future: Any) -> list[dict[str, Any]]:
-    attempts = future.stats.get("attempts", 1)
-    return attempts if isinstance(attempts, list) else [{} for _ in range(attempts)]
+    attempts = [f.stats.get("attempts") or [] for f in futures]
+    return Run(wall, results, attempts, job_id, errors.messages, backend, storage, prefix)
 
 
 def shut_down(*runs: Run) -> None:
