@@ -17,6 +17,7 @@ import dask_wren
 from dask_wren import wren_get
 from dask_wren.backends import aws_invoker
 from lambda_worker import protocol
+from lambda_worker.signing import KEY_VARIABLE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,7 +129,9 @@ def test_throttles_that_botocore_gives_up_on_are_paused_and_resent(standin, faul
 def test_an_invoke_error_other_than_a_throttle_fails_its_calls_clearly(standin, faults):
     name = "deleted-after-preflight"
     standin.endpoint.add_function(
-        name, workers=1, environment={"DASK_WREN_BUCKET": standin.bucket, "DASK_WREN_PREFIX": standin.prefix}
+        name, workers=1, environment={
+            "DASK_WREN_BUCKET": standin.bucket, "DASK_WREN_PREFIX": standin.prefix, KEY_VARIABLE: standin.signing_key
+        }
     )
     standin.endpoint.put_event_invoke_config(name, MaximumRetryAttempts=0)
     try:
