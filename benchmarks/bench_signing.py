@@ -3,6 +3,10 @@
 A. 1,000 trivial calls end to end on a warm pool (bench_core's section A).
 B. One call returning a 100 MB result, ``result()`` included: the worker MACs the payload, the
    host checks it before unpickling.
+C. What B's MACs cost in CPU, whatever the machine: one 100 MB MAC on one thread (CPU seconds
+   per GB), and as the MAC runs it (4 MB pieces on threads); from those and B's unsigned time,
+   the ratio B would show on hosts and workers with more free cores.  B's target needs more cores
+   than this machine has: the figure C prints says how many.
 
 "Without signing" is this script's own switch, not a setting: it replaces ``SigningKey.mac`` and
 ``SigningKey.check`` with no-ops in this process and, through the command that starts its pool's
@@ -13,6 +17,7 @@ alternate, run after run, so a shared machine's noise falls on both; compare the
 """
 
 import argparse
+import hmac
 import os
 import shutil
 import statistics
@@ -120,6 +125,9 @@ def main() -> int:
             print(f"   signed / unsigned: {ratio:.3f} (target < {TARGET_RATIO:g})")
             summary.append((label[3:], f"{statistics.median(times['signed']):.3f} s",
                             f"{ratio:.3f}x unsigned", f"< {TARGET_RATIO:g}x", ratio < TARGET_RATIO))
+            if label.startswith("B"):
+                unsigned_b = statistics.median(times["unsigned"])
+        summary.append(_mac_cpu(size, unsigned_b, repeat))
         for ex in executors.values():
             ex.shutdown()
     finally:
@@ -129,6 +137,33 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: the targets are not judged")
     return 1 if missed and args.strict else 0
+
+
+def _mac_cpu(size: int, unsigned: float, repeat: int) -> tuple:
+    """Section C: the MAC's CPU cost per byte, and the B ratio it implies on machines with more cores."""
+    key = SigningKey.generate()
+    data = b"r" * size
+    one, threaded = [], []
+    for _ in range(max(3, repeat)):
+        t0 = time.perf_counter()
+        hmac.digest(b"k" * 32, data, "sha256")  # one thread: the CPU it costs
+        one.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        key.mac("label", data)  # as the worker and the host run it
+        threaded.append(time.perf_counter() - t0)
+    cpu = min(one)
+    print(f"\nC. MAC cost of {size >> 20} MB (min of {len(one)})")
+    print(f"   one thread: {cpu * 1000:.0f} ms = {cpu / (size / 1e9):.2f} CPU s per GB; as the MAC runs it "
+          f"(4 MB pieces on threads, {os.cpu_count()} CPUs): {min(threaded) * 1000:.0f} ms")
+    print(f"   B signs once on the worker and checks once on the host, one after the other; unsigned B took "
+          f"{unsigned:.3f} s. With N free cores on each side, B would show about 1 + 2 x {cpu:.3f} / N / {unsigned:.3f}:")
+    needed = None
+    for n in (1, 2, 4, 8, 16, 32):
+        ratio = 1 + 2 * cpu / n / unsigned
+        if needed is None and ratio < TARGET_RATIO:
+            needed = n
+        print(f"     N = {n:>2}: {ratio:.3f}")
+    return ("free cores per side for B < 5%", f"{needed or '> 32'}", f"{cpu / (size / 1e9):.2f} CPU s/GB", "-", True)
 
 
 if __name__ == "__main__":
