@@ -57,6 +57,16 @@ def wait_for_path(path, timeout=30.0, error=AssertionError):
         time.sleep(0.005)
 
 
+def wait_until(condition, timeout=30.0, what="the condition"):
+    """Poll until ``condition()`` holds; ``AssertionError`` naming ``what`` after ``timeout`` s (a
+    bound against hanging, generous on a loaded machine, not a measure of speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)
+
+
 def gate(path, timeout=30.0):
     """Run remotely: wait until the test opens the gate by creating ``path``."""
     wait_for_path(path, timeout, TimeoutError)

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import dask.bag as db
 import pytest
+from conftest import wait_until
 
 import dask_wren
 from dask_wren import wren_get
@@ -85,14 +85,6 @@ def invoker_children():
         if ppid == me and state not in ("Z", "X") and script in argv:
             found.append(int(entry))
     return sorted(found)
-
-
-def wait_until(condition, timeout=30.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.005)
 
 
 def test_a_map_through_invoker_processes_is_exact(standin, faults):

@@ -7,10 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-from conftest import gate, nap, wait_for_path
+from conftest import gate, nap, wait_for_path, wait_until
 
 import dask_wren
 from lambda_worker import protocol
@@ -29,14 +28,6 @@ def mark_then_wait(args):
 
 def quick(x):
     return x
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s")
-        time.sleep(0.02)
 
 
 def ended(standin, job_id):

@@ -12,7 +12,7 @@ import time
 
 import dask.config
 import pytest
-from conftest import wait_for_path
+from conftest import wait_for_path, wait_until
 
 import dask_wren
 from dask_wren import cli, orphans
@@ -45,14 +45,6 @@ def alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not reaped yet
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s")
-        time.sleep(0.02)
 
 
 def killed_host(tmp_path):
