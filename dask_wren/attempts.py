@@ -173,9 +173,16 @@ class Attempts:
             self._jobs[job_id] = _Job(base, entries, timeout, policy, futures, invocations, chunksize, pending)
 
     def has_later_attempts(self, job_id: str) -> bool:
-        """Whether a call of the job has had a second attempt (the monitor then lists ``a/`` too)."""
-        job = self._jobs.get(job_id)
-        return job is not None and job.later
+        """Whether a later attempt of an unresolved call of the job waits for its record (the monitor
+        then lists ``a/`` too)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.later:
+                return False
+            return any(
+                key[0] == job_id and any(a.number and a.outcome is None for a in call.attempts)
+                for key, call in self._calls.items()
+            )
 
     def cancelled(self, future: WrenFuture) -> list[tuple[str, str]]:
         """The future was cancelled: ``(request id, call id)`` of each of its attempts still running."""
