@@ -252,3 +252,17 @@ def test_workers_end_with_a_host_that_is_killed(tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(_alive(p) for p in pids), "workers outlived their killed host"
+
+
+def test_executors_with_the_same_settings_share_one_pool_from_the_first(tmp_path):
+    """The first executor of a process makes the host's signing key (exported to the environment
+    its workers inherit): the second must still find the first one's pool, not start another."""
+    script = (
+        "import dask_wren, sys\n"
+        f"a = dask_wren.local_executor(workers=1, storage_dir={str(tmp_path)!r})\n"
+        f"b = dask_wren.local_executor(workers=1, storage_dir={str(tmp_path)!r})\n"
+        "print(a.backend is b.backend)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DASK_WREN_SIGNING_KEY"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr

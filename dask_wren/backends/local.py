@@ -585,4 +585,5 @@ def shared_local_backend(workers: int | None, memory_mb: int) -> LocalBackend:
         backend.start()
         return backend
 
+    local_key()  # exported on its first use: the environment below must already hold it, or the next call misses
     return shared_backend("local", (size, memory_mb), clean_environment(), make)
