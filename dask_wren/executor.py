@@ -302,7 +302,8 @@ class Executor:
     def _stop_attempt(self, request_id: str, future: WrenFuture) -> None:
         """An attempt of ``future``'s call lost to another: stop it (its record would be ignored)."""
         self.backend.cancel(request_id, future.call_id)
-        self._cancels.add(future)  # on Lambda: the worker running it stops at its next look
+        if not self.backend.stops_running_calls:
+            self._cancels.add(future)  # on Lambda: the worker running it stops at its next look
 
     def _cancel(self, future: WrenFuture) -> None:
         self.monitor.forget(future.job_id, future.call_id)

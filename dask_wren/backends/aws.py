@@ -114,6 +114,8 @@ class Deployment:
 
 
 class AWSLambdaBackend(ProgressListeners):
+    stops_running_calls = False  # a running execution stops only when its worker reads the cancel marker
+
     def __init__(self, settings: Settings, client: Any = None):
         super().__init__()
         self.function_name = settings.function_name

@@ -76,6 +76,10 @@ class Backend(Protocol):
     def invoke(self, invocations: list[Invocation]) -> None:
         """Run ``invocations``; those of a later attempt (retries, backups) go before any queued first attempt."""
 
+    #: True when ``cancel`` stops a running invocation itself (the local pool kills its worker);
+    #: False when only the job's cancel marker can (Lambda offers no way to stop an execution).
+    stops_running_calls: bool
+
     def cancel(self, request_id: str, call_id: str) -> None:
         """Best effort: drop the call if it has not started, stop it if it is running alone."""
 

@@ -213,6 +213,8 @@ class LocalBackend(ProgressListeners):
     ``killed_timeout`` and ``killed_memory`` count the workers killed for each reason.
     """
 
+    stops_running_calls = True  # cancel kills the worker of an invocation whose calls are all cancelled
+
     def __init__(
         self,
         workers: int | None = None,

@@ -302,6 +302,8 @@ class CleanRoomBackend(ProgressListeners):
     cannot either): the result is ignored by the executor.
     """
 
+    stops_running_calls = False  # as Lambda: a runtime's invocation runs on
+
     def __init__(
         self, server: RuntimeAPIServer, signing_key: SigningKey, *, grace: float = 30.0, health: Callable[[], str | None] | None = None
     ):
