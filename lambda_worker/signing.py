@@ -1,4 +1,4 @@
-"""Keyed MACs (HMAC-SHA256) over what host and worker leave in storage for each other.
+"""Keyed MACs (BLAKE2b) over what host and worker leave in storage for each other.
 
 Whoever can write to the bucket must not be able to make a worker or the host unpickle bytes of
 their choosing: every object carries a MAC under a key that only the host and the workers hold
@@ -35,8 +35,8 @@ class SigningKey:
     __slots__ = ("_secret", "id")
 
     def __init__(self, secret: bytes):
-        if len(secret) < 16:
-            raise ValueError("a signing key needs at least 16 bytes")
+        if not 16 <= len(secret) <= 64:  # BLAKE2b takes keys of up to 64 bytes
+            raise ValueError("a signing key has 16 to 64 bytes")
         self._secret = secret
         self.id = hashlib.sha256(b"dask-wren key id\0" + secret).hexdigest()[:12]
 
@@ -73,14 +73,24 @@ class SigningKey:
         return hash(self.id)
 
     def mac(self, label: str, data: bytes | memoryview) -> bytes:
-        """The MAC of ``data`` stored under ``label`` (its storage key, and the byte range if any)."""
-        head = label.encode() + b"\0"
+        """The MAC of ``data`` stored under ``label`` (its storage key, and the byte range if any).
+
+        Keyed BLAKE2b: CPython's own code, with no per-call lookup of the algorithm (OpenSSL 3's
+        HMAC fetches it on every call, under a lock that host threads contend for: 5-20 us a call
+        here against 1 us).  Large data is hashed in pieces on threads (SHA-256, at hardware speed
+        where the CPU has it) and the keyed hash covers their digests and the length."""
+        h = hashlib.blake2b(key=self._secret, digest_size=MAC_BYTES)
+        h.update(label.encode())
+        h.update(b"\0")
         if len(data) < _PARALLEL_FROM:
-            return hmac.digest(self._secret, head + data, "sha256")
+            h.update(data)
+            return h.digest()
         view = memoryview(data)
         pieces = [view[i : i + _CHUNK] for i in range(0, len(view), _CHUNK)]
-        digests = _threads().map(lambda piece: hashlib.sha256(piece).digest(), pieces)
-        return hmac.digest(self._secret, head + b"".join(digests) + len(view).to_bytes(8, "big"), "sha256")
+        for digest in _threads().map(lambda piece: hashlib.sha256(piece).digest(), pieces):
+            h.update(digest)
+        h.update(len(view).to_bytes(8, "big"))
+        return h.digest()
 
     def check(self, label: str, data: bytes | memoryview, mac: bytes | str | None, what: str) -> None:
         """Raise ``IntegrityError`` unless ``mac`` is ``data``'s MAC under ``label``."""
