@@ -87,8 +87,7 @@ class Executor:
         )
         self.attempts = Attempts(self.backend.invoke, self._stop_attempt, self.backend.call_done)
         self.monitor = Monitor(
-            self.storage, settings.poll_interval, settings.result_inline_limit, on_resolved=self._call_done,
-            attempts=self.attempts,
+            self.storage, settings.poll_interval, settings.result_inline_limit, self.attempts, on_resolved=self._call_done
         )
         self._listener = self.monitor.wake
         self.backend.add_progress_listener(self._listener)

@@ -64,8 +64,8 @@ class Monitor:
         storage: Storage,
         poll_interval: float,
         inline_limit: int,
+        attempts: Attempts,
         on_resolved: Callable[[list[WrenFuture]], None] | None = None,
-        attempts: Attempts | None = None,
     ):
         self.storage = storage
         self.attempts = attempts
@@ -146,8 +146,7 @@ class Monitor:
                 jobs = [(job_id, job) for job_id, job in self._jobs.items()]
             for job_id, job in jobs:
                 self._scan(job_id, job)
-            if self.attempts is not None:
-                self._settled(self.attempts.tick())
+            self._settled(self.attempts.tick())
             # Hints can arrive per finished call; listing a large prefix that often would take the
             # host's time from dispatching.  Space rounds by a few times the last round's cost.
             gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
@@ -209,7 +208,7 @@ class Monitor:
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
-            if self.attempts is not None and self.attempts.has_later_attempts(job_id):
+            if self.attempts.has_later_attempts(job_id):
                 for key, size in self.storage.list(job.later_prefix):
                     name = key.rsplit("/", 1)[-1]
                     if name not in job.later_seen:
@@ -230,20 +229,16 @@ class Monitor:
         found = self._list(job_id, job)
         if found is None:
             return
+        parsed = [(key, protocol.parse_result_key(name), size) for key, name, size in found]
         with self._lock:
-            pending = [(key, job.futures.get(protocol.parse_result_key(name)[0]), size) for key, name, size in found]
+            pending = [(key, job.futures.get(call_id), attempt, size) for key, (call_id, attempt), size in parsed]
         resolved = []
-        for key, future, size in pending:
+        for key, future, attempt, size in pending:
             if future is None:
                 continue
             try:
                 record = self.storage.get(key) if size <= self.inline_limit else self._read_header(key)
-                if self.attempts is None:
-                    future.key = key
-                    future._resolve(record, size)
-                    final = True
-                else:
-                    final = self.attempts.on_record(future, key, protocol.parse_result_key(key)[1], record, size)
+                final = self.attempts.on_record(future, key, attempt, record, size)
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)
