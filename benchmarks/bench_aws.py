@@ -61,6 +61,7 @@ from dask_wren.executor import Executor
 from dask_wren.testing import aws_standin
 from dask_wren.testing.counting import CountingStorage
 from lambda_worker import protocol
+from lambda_worker.signing import KEY_VARIABLE
 
 TARGET_INVOKES_PER_S = 1000.0
 TARGET_REQUESTS = 4.0  # storage requests per call
@@ -186,11 +187,12 @@ def close(ex):
 # MAX_CONCURRENCY, as an AWS account with that quota would, so preflight leaves max_concurrency
 # where the benchmark sets it and only the sender threads limit dispatch.
 _ENDPOINT_PROCESS = """
-import sys
+import os, sys
 from dask_wren.testing.lambda_endpoint import LambdaEndpoint
+from lambda_worker.signing import KEY_VARIABLE
 name, latency, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 endpoint = LambdaEndpoint(workers=1, account_concurrency=concurrency).start()
-endpoint.add_function(name, timeout=300)
+endpoint.add_function(name, timeout=300, environment={KEY_VARIABLE: os.environ[KEY_VARIABLE]})  # the host's key, as deploy sets it
 endpoint.put_event_invoke_config(name, MaximumRetryAttempts=0)
 endpoint.faults.set(drop_rate=1.0, invoke_latency=latency)
 print(endpoint.url, flush=True)
@@ -199,12 +201,13 @@ sys.stdin.read()  # until the benchmark closes our stdin
 
 
 @contextlib.contextmanager
-def endpoint_process(function_name):
+def endpoint_process(function_name, signing_key):
     """A Lambda endpoint in its own process, answering 202 after LATENCY and dropping the events:
     on AWS the invoke service is not on the host, so the host's CPU measures dispatch alone.
-    Yields (its URL, its process id)."""
+    Its function holds ``signing_key`` (the preflight checks it).  Yields (its URL, its process id)."""
     proc = subprocess.Popen([sys.executable, "-c", _ENDPOINT_PROCESS, function_name, str(LATENCY), str(MAX_CONCURRENCY)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, KEY_VARIABLE: signing_key})
     try:
         yield proc.stdout.readline().strip(), proc.pid
     finally:
@@ -231,7 +234,7 @@ def bench_dispatch(standin, n, threads, processes):
     The invoker children start inside ``map()`` (each run has its own endpoint URL, so its own pool);
     their CPU is read just before they are closed, so it includes their start-up.
     """
-    with endpoint_process(standin.function_name) as (url, endpoint_pid):
+    with endpoint_process(standin.function_name, standin.signing_key) as (url, endpoint_pid):
         settings = aws_settings(standin, invoke_threads=threads, invoker_processes=processes, lambda_endpoint_url=url)
         storage = CountingStorage(make_storage(settings))
         ex = Executor(settings, storage=storage)
@@ -356,7 +359,7 @@ def invoke_loop(client, function_name, payload, n, read_payload):
 def threaded_invokes(standin, payload, n, threads):
     """``n`` invokes from ``threads`` threads of this process sharing one client (as an invoker
     child's threads do), against an endpoint process with LATENCY; CPU of this process per invoke."""
-    with endpoint_process(standin.function_name) as (url, _):
+    with endpoint_process(standin.function_name, standin.signing_key) as (url, _):
         settings = aws_settings(standin, invoke_threads=threads, lambda_endpoint_url=url)
         client = aws_backend.AWSLambdaBackend(settings).client
         left = [n]
