@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -93,6 +94,7 @@ class Executor:
         self.backend.add_progress_listener(self._listener)
         self._host_versions = serialize.runtime_versions()
         self._cancels = CancelMarkers(self.storage, self.settings.prefix, self.monitor)
+        self._host = (orphans.hostname(), os.getpid(), orphans.process_started(os.getpid()))  # for job manifests
         self._host_record = orphans.HostRecord(self.storage, self.settings.prefix, self.executor_id, self.settings.cleanup)
         self._finalizer = weakref.finalize(
             self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup, self._cancels, self._host_record
@@ -331,6 +333,7 @@ class Executor:
         key = self.signing_key
         func_key = protocol.func_key(prefix, job_id)
         self.storage.put(func_key, protocol.sign_object(key, func_key, payload.func))
+        puts = 1  # the host's PUTs for this job, for its manifest
         ranges = []  # (offset, length) of each call's argument within its shard's object
         macs = []  # each call's argument's MAC (the worker reads its range only)
         per_shard = protocol.CALLS_PER_SHARD
@@ -343,6 +346,7 @@ class Executor:
                 macs.append(protocol.argument_mac(key, args_key, offset, blob))
                 offset += len(blob)
             self.storage.put(args_key, b"".join(blobs))
+            puts += 1
         base = protocol.build_event(
             prefix=prefix, job_id=job_id, storage=self.storage.spec(), calls=[], timeout=timeout,
             extra_env=env, host_versions=self._host_versions,
@@ -352,6 +356,7 @@ class Executor:
         if base_size > MAX_EVENT_BYTES // 2:  # a large extra_env: every call reads it from storage instead
             env_key = protocol.env_key(prefix, job_id)
             self.storage.put(env_key, protocol.sign_object(key, env_key, json.dumps(base["extra_env"]).encode()))
+            puts += 1
             base["extra_env"], base["extra_env_key"] = {}, env_key
             base_size = len(json.dumps(base))
         invocations = []
@@ -365,6 +370,7 @@ class Executor:
             if base_size + _MAX_CALL_JSON * len(calls) > MAX_EVENT_BYTES and len(json.dumps(event)) > MAX_EVENT_BYTES:
                 calls_key = protocol.calls_key(prefix, job_id, n)
                 self.storage.put(calls_key, protocol.sign_object(key, calls_key, json.dumps(calls).encode()))
+                puts += 1
                 del event["calls"]
                 event["calls_key"] = calls_key
             request_id = f"{job_id}-{n:06d}"
@@ -375,7 +381,9 @@ class Executor:
                 stats["request_id_sent"] = request_id
                 stats["shipped_modules"] = payload.shipped
                 stats["arg_bytes"] = ranges[i][1]
-        self.attempts.register(job_id, base, entries, timeout, policy or self._policy, futures, invocations, chunksize)
+        policy = policy or self._policy
+        self._write_manifest(job_id, func, submitted, len(items), chunksize, timeout, policy.retries, len(invocations), puts + 1)
+        self.attempts.register(job_id, base, entries, timeout, policy, futures, invocations, chunksize)
         try:
             self.monitor.watch(prefix, job_id, {f.call_id: f for f in futures})
             self.backend.invoke(invocations)
@@ -389,6 +397,32 @@ class Executor:
         for f in futures:
             f.stats["host_invoked"] = invoked
         return futures
+
+    def _write_manifest(
+        self, job_id: str, func: Callable, submitted: float, calls: int, chunksize: int, timeout: float, retries: int,
+        invocations: int, puts: int,
+    ) -> None:
+        """The job's manifest (``protocol.manifest_key``): what ``dask_wren.jobs`` knows of a job whose host is gone."""
+        settings = self.settings
+        aws = settings.backend == "aws"
+        manifest = {
+            "v": 1, "job_id": job_id, "executor_id": self.executor_id,
+            "host": self._host[0], "pid": self._host[1], "pid_started": self._host[2],
+            "submitted": submitted, "calls": calls, "chunksize": chunksize, "timeout": timeout,
+            "backend": settings.backend, "function": _function_name(func), "memory_mb": settings.memory_mb,
+            "region": (settings.aws_region or settings.region) if aws else None,
+            "function_name": settings.function_name if aws else None,
+            "retries": retries, "invocations": invocations, "key_id": self.signing_key.id,
+            "host_requests": {"put": puts},  # this one included
+        }
+        self.storage.put(protocol.manifest_key(settings.prefix, job_id), json.dumps(manifest).encode())
+
+
+def _function_name(func: Callable) -> str:
+    """``module.qualname`` of a job's function, as far as it has them (a partial names its function)."""
+    inner = getattr(func, "func", func)
+    module = getattr(inner, "__module__", None) or "?"
+    return f"{module}.{getattr(inner, '__qualname__', type(inner).__qualname__)}"
 
 
 def _check_env(extra_env: dict[str, str] | None) -> dict[str, str]:

@@ -78,6 +78,9 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         "worker_versions": serialize.runtime_versions(),
         "timings": {"worker_start": PROCESS_START, "worker_invoked": start, "worker_cold": cold},
     }
+    log_group, log_stream = getattr(context, "log_group_name", None), getattr(context, "log_stream_name", None)
+    if log_group and log_stream:  # where this invocation's full output is (``dask-wren logs``)
+        base["log"] = {"group": log_group, "stream": log_stream}
     try:
         storage = storage_from_spec(event["storage"])
         key = _signing_key()

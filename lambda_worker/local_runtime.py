@@ -14,6 +14,7 @@ local backend writes the failure records itself; the Lambda stand-in writes none
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import signal
 import sys
@@ -32,12 +33,25 @@ class LocalContext:
         self.function_version = "$LATEST"
         self.memory_limit_in_mb = memory_mb
         self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"local/{os.getpid()}"
+        self.log_group_name, self.log_stream_name = _log_location(function_name)
         self._deadline = time.time() + timeout
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.time()) * 1000))
+
+
+@functools.cache  # a worker's stdout stays where its host sent it
+def _log_location(function_name: str) -> tuple[str, str]:
+    """Where this worker's output goes, as (group, stream): the local backend sends a worker's
+    stdout to its log file, named here as (its folder, its name); elsewhere (no such file, or no
+    ``/proc``) the Lambda-like names, which name no file."""
+    try:
+        path = os.readlink("/proc/self/fd/1")
+    except OSError:
+        path = ""
+    if os.path.isabs(path) and os.path.isfile(path):
+        return os.path.dirname(path), os.path.basename(path)
+    return f"/aws/lambda/{function_name}", f"local/{os.getpid()}"
 
 
 def serve(conn: Connection, memory_mb: int, function_name: str) -> None:

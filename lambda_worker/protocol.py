@@ -14,6 +14,10 @@ Key layout under ``{prefix}/{job_id}/``::
     r/{shard}/{call_id}       the result record of a call's first attempt
     a/{call_id}.{n}           the record of its attempt n >= 1 (a retry or a backup): few, so
                               the host lists them apart from the many first attempts
+    job.json                  the job's manifest (``manifest_key``): plain JSON, unsigned, written
+                              once before anything is invoked: who submitted the job (host, pid),
+                              when, how many calls, the backend and function; ``dask-wren jobs`` and
+                              ``dask_wren.jobs`` read jobs back from it and the records alone
     cancel.json               the job's cancel marker (``cancel_marker``): ``{"calls": "all"}`` or
                               ``{"calls": [call ids]}``; workers poll it every ``cancel_poll`` s
                               of the event and end an invocation whose unrecorded calls are all in it
@@ -121,6 +125,11 @@ def parse_result_key(key: str) -> tuple[str, int]:
     """``(call_id, attempt)`` of a record's key."""
     call_id, _, attempt = key.rsplit("/", 1)[-1].partition(".")
     return call_id, int(attempt) if attempt else 0
+
+
+def manifest_key(prefix: str, job_id: str) -> str:
+    """The job's manifest: JSON that describes the job, for readers that have only storage."""
+    return f"{prefix}/{job_id}/job.json"
 
 
 def cancel_key(prefix: str, job_id: str) -> str:

@@ -20,7 +20,7 @@ def test_a_thousand_call_map_costs_at_most_four_requests_per_call(tmp_path):
         worker = sum(f.stats["storage_requests"] for f in futures)
     per_call = (host + worker) / 1000
     detail = f"host {dict(storage.counts)}, worker {worker}"
-    assert storage.counts["put"] == 3, detail  # the function, all arguments, the executor's host record: one object each
+    assert storage.counts["put"] == 4, detail  # the function, all arguments, the job's manifest, the host record: one object each
     assert storage.counts["get"] == 1000, detail  # one read per result
     assert worker <= 2 * 1000 + 2 * settings.workers, detail  # range read + result write (+ func per worker)
     assert per_call <= 4, f"{per_call:.2f} requests per call: {detail}"
