@@ -23,6 +23,7 @@ from dask_wren.futures import (
     get_all_results,
     wait,
 )
+from dask_wren.plot import plot
 from dask_wren.scheduler import local, register, remote, wren_get
 from lambda_worker.storage import StorageError
 
@@ -55,6 +56,7 @@ __all__ = [
     "lambda_executor",
     "local",
     "local_executor",
+    "plot",
     "remote",
     "wait",
     "wren_get",

@@ -31,6 +31,8 @@ from dask_wren.deploy import (
     read_yaml,
     user_error_message,
 )
+from dask_wren.errors import IntegrityError
+from lambda_worker.storage import KeyNotFound
 
 _Options = TypeVar("_Options", DeployOptions, DestroyOptions)
 
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dask-wren", description="Run Python functions and Dask graphs on AWS Lambda (the cloud button)."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test,clean}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test,clean,plot}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--function-name", help="Lambda function (default: wren.aws.function-name, 'dask-wren')")
@@ -123,6 +125,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--older-than", type=_duration, metavar="AGE", help="also remove every job whose host started longer ago (any machine): 30m, 12h, 1d")
     c.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     c.add_argument("--config-file", type=Path, help="read the settings from this file too")
+
+    p = sub.add_parser(
+        "plot",
+        help="draw a job's timeline from its records in storage (needs matplotlib: pip install 'dask-wren[plot]')",
+        description="Draw the timeline of job JOB (per call: submitted, started, setup, function, cold starts; "
+        "calls running over time; call durations) from its result records in storage alone, so a job whose "
+        "host is gone can be drawn. Needs the job's objects (run it with wren.cleanup false) and, to verify its "
+        "records, the host's signing key.",
+    )
+    p.add_argument("job", help="the job id (future.job_id)")
+    p.add_argument("-o", "--output", type=Path, help="image file, its format from the extension: .png, .svg, .pdf (default: JOB.png)")
+    p.add_argument("--config-file", type=Path, help="read the settings from this file too")
     return parser
 
 
@@ -153,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "clean":
             return run_clean(older_than=args.older_than, dry_run=args.dry_run, config_file=args.config_file)
+        if args.command == "plot":
+            return run_plot(args.job, output=args.output, config_file=args.config_file)
         return run_test(args.calls, function_name=args.function_name, config_file=args.config_file, timeout=args.timeout)
     except KeyboardInterrupt:
         print("dask-wren: interrupted", file=sys.stderr)
@@ -253,6 +269,24 @@ def run_clean(*, older_than: float | None = None, dry_run: bool = False, config_
     if not dry_run:
         orphans.remove(storage, leftovers)
     print(f"{len(leftovers)} leftover(s) {'found' if dry_run else 'removed'} in {storage!r}")
+    return 0
+
+
+# -- dask-wren plot ----------------------------------------------------------------------------
+
+
+def run_plot(job_id: str, *, output: Path | None = None, config_file: Path | None = None) -> int:
+    """Save the timeline of ``job_id`` (read from the configured store alone) to ``output``."""
+    settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}
+    with dask.config.set(settings):
+        config = Settings.from_config()
+    output = output or Path(f"{job_id}.png")
+    try:
+        dask_wren.plot(job_id, output, settings=config)
+    except (KeyNotFound, IntegrityError, ImportError) as e:
+        print(f"dask-wren: error: {e}", file=sys.stderr)
+        return 1
+    print(f"timeline of job {job_id} saved to {output}")
     return 0
 
 
