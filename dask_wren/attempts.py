@@ -172,6 +172,22 @@ class Attempts:
             pending = dict.fromkeys(f.call_id for f in futures)
             self._jobs[job_id] = _Job(base, entries, timeout, policy, futures, invocations, chunksize, pending)
 
+    def running(self, futures: list[WrenFuture]) -> int:
+        """How many of ``futures`` (unresolved, of this executor) have an attempt that a worker took
+        (``Invocation.dispatched``) and that has not ended: for a progress bar, so read without
+        the lock (each read is atomic; a count a moment old is good enough)."""
+        count = 0
+        for future in futures:
+            job = self._jobs.get(future.job_id)
+            if job is None or future.call_id not in job.pending:
+                continue
+            call = self._calls.get((future.job_id, future.call_id))
+            if call is None:
+                count += job.invocations[int(future.call_id) // job.chunksize].dispatched is not None
+            else:
+                count += any(a.invocation is not None and a.invocation.dispatched is not None for a in call.running())
+        return count
+
     def has_later_attempts(self, job_id: str) -> bool:
         """Whether a later attempt of an unresolved call of the job waits for its record (the monitor
         then lists ``a/`` too)."""

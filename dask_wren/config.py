@@ -35,11 +35,13 @@ class Settings:
     poll_interval: float = 0.05
     cancel_poll_interval: float = 2.0
     cleanup: bool = True
+    dead_host_grace: float = 86400.0  # a dead host's job outlives it this long (seconds from its submission)
     retries: int = 2
     retry_backoff: float = 0.5
     retry_backoff_max: float = 30.0
     backups: bool = True
     backup_factor: float = 3.0
+    progress: bool | str = "auto"  # progress bars in waits: True, False or "auto" (dask_wren.progress)
     storage: str = "local"
     prefix: str = "dask-wren"
     storage_dir: str | None = None
@@ -104,6 +106,8 @@ class Settings:
             )
         if self.backup_factor <= 1:
             raise ConfigError(f"wren.backup-factor must be more than 1, not {self.backup_factor!r}")
+        if self.progress not in (True, False, "auto"):
+            raise ConfigError(f"wren.progress must be true, false or auto, not {self.progress!r}")
         if not isinstance(self.invoker_processes, int) or self.invoker_processes < 0:
             raise ConfigError(
                 f"wren.aws.invoker-processes must be a whole number >= 0 (0: send invokes from threads in "
@@ -121,11 +125,13 @@ _KEYS = {
     "poll_interval": "wren.poll-interval",
     "cancel_poll_interval": "wren.cancel-poll-interval",
     "cleanup": "wren.cleanup",
+    "dead_host_grace": "wren.dead-host-grace",
     "retries": "wren.retries",
     "retry_backoff": "wren.retry-backoff",
     "retry_backoff_max": "wren.retry-backoff-max",
     "backups": "wren.backups",
     "backup_factor": "wren.backup-factor",
+    "progress": "wren.progress",
     "storage": "wren.storage.kind",
     "prefix": "wren.storage.prefix",
     "storage_dir": "wren.storage.local-dir",

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from dask_wren import orphans
@@ -45,8 +45,9 @@ from dask_wren.attempts import Attempts, RetryPolicy
 from dask_wren.backends import Backend, Invocation, make_backend
 from dask_wren.cancelling import CancelMarkers
 from dask_wren.config import Settings, make_storage
-from dask_wren.futures import ALL_COMPLETED, WrenFuture, get_all_results, wait
+from dask_wren.futures import ALL_COMPLETED, WrenFuture, as_completed, get_all_results, wait
 from dask_wren.monitor import Monitor
+from dask_wren.progress import AUTO
 from dask_wren.shipping import pickle_payload
 from dask_wren.signing import host_key
 from lambda_worker import protocol, serialize
@@ -99,7 +100,7 @@ class Executor:
         self._finalizer = weakref.finalize(
             self, _cleanup, self.storage, self.settings.prefix, self._jobs, self.settings.cleanup, self._cancels, self._host_record
         )
-        orphans.sweep_once(self.storage, self.settings.prefix)
+        orphans.sweep_once(self.storage, self.settings.prefix, self.settings.dead_host_grace)
 
     def __repr__(self) -> str:
         return f"<dask_wren.Executor {self.executor_id} backend={self.settings.backend} storage={self.storage!r}>"
@@ -130,6 +131,7 @@ class Executor:
         retry_on: Sequence[type[BaseException]] = (),
         retry_timeouts: bool = False,
         backups: bool | None = None,
+        progress: bool | None = None,
     ) -> list[WrenFuture]:
         """Run ``func(item)`` for every item, each call on a worker; one future per item.
 
@@ -141,6 +143,8 @@ class Executor:
         ``retry_on``: exception classes of the function's own that are retried too;
         ``retry_timeouts``: retry calls that ran past their timeout.  ``backups`` (default
         ``wren.backups``): run a backup copy of a straggler; pass False for functions with side effects.
+        ``progress`` (default ``wren.progress``): whether waits on these futures show a progress bar
+        (``dask_wren.progress``).
         """
         if not callable(func):
             raise TypeError(f"map() needs a callable, not {type(func).__name__}")
@@ -155,7 +159,9 @@ class Executor:
                 f"map_item_limit={len(items)})"
             )
         policy = self._policy_for(retries, retry_on, retry_timeouts, backups)
-        return self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout, policy=policy)
+        futures = self._submit(func, items, extra_env, include_modules or (), exclude_modules or (), chunksize, timeout, policy=policy)
+        self._prefer_progress(futures, progress)
+        return futures
 
     def reduce(self, func: Callable, futures: Sequence[WrenFuture], extra_env: dict[str, str] | None = None, timeout: float | None = None) -> WrenFuture:
         """Run ``func(list_of_results)`` on a worker once all ``futures`` have succeeded.
@@ -166,6 +172,7 @@ class Executor:
         futures = list(futures)
         job_id = self._new_job_id()
         out = self._make_future(job_id, protocol.call_id_for(0))
+        self._prefer_progress([out], None)
         remaining = [len(futures)]
         lock = threading.Lock()
 
@@ -212,13 +219,25 @@ class Executor:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def wait(self, futures: Iterable[WrenFuture] | None = None, return_when: str = ALL_COMPLETED, timeout: float | None = None):
-        """``dask_wren.wait`` over ``futures`` (default: every future of this executor)."""
-        return wait(self._futures if futures is None else futures, return_when, timeout)
+    def wait(
+        self, futures: Iterable[WrenFuture] | None = None, return_when: str = ALL_COMPLETED, timeout: float | None = None,
+        *, progress: bool | None = None,
+    ):
+        """``dask_wren.wait`` over ``futures`` (default: every future of this executor).  ``progress``:
+        show a progress bar (True), none (False), or as the futures' jobs prefer (None)."""
+        return wait(self._futures if futures is None else futures, return_when, timeout, progress=progress)
 
-    def get_result(self, futures: Iterable[WrenFuture] | None = None, timeout: float | None = None) -> list[Any]:
+    def as_completed(
+        self, futures: Iterable[WrenFuture] | None = None, timeout: float | None = None, *, progress: bool | None = None
+    ) -> Iterator[WrenFuture]:
+        """``dask_wren.as_completed`` over ``futures`` (default: every future of this executor)."""
+        return as_completed(list(self._futures) if futures is None else futures, timeout, progress=progress)
+
+    def get_result(
+        self, futures: Iterable[WrenFuture] | None = None, timeout: float | None = None, *, progress: bool | None = None
+    ) -> list[Any]:
         """Results in order (default: every future of this executor); the first error raises."""
-        return get_all_results(self._futures if futures is None else futures, timeout)
+        return get_all_results(self._futures if futures is None else futures, timeout, progress=progress)
 
     def cancel(self, futures: Iterable[WrenFuture] | None = None) -> None:
         """Cancel ``futures`` (default: every future of this executor).  Calls that run on workers
@@ -236,7 +255,7 @@ class Executor:
         if cancel_futures:
             self.cancel()
         if wait:
-            self.wait(self._futures)
+            self.wait(self._futures, progress=False)
         self.backend.remove_progress_listener(self._listener)
         self.monitor.stop()
         self._finalizer()
@@ -259,6 +278,13 @@ class Executor:
             with self._lock:
                 self._futures.append(f)
         return f
+
+    def _prefer_progress(self, futures: list[WrenFuture], progress: bool | None) -> None:
+        """Record the job's progress-bar preference on its futures (the default, "auto", costs nothing)."""
+        preference = self.settings.progress if progress is None else bool(progress)
+        if preference != AUTO:
+            for f in futures:
+                f._progress = preference
 
     def _policy_for(self, retries, retry_on, retry_timeouts, backups) -> RetryPolicy:
         if retries is None and not retry_on and not retry_timeouts and backups is None:
@@ -299,6 +325,23 @@ class Executor:
     def drop_listener(self, job_id: str) -> None:
         """Forget the listener of a ``map_with_listener`` job."""
         self._job_listeners.pop(job_id, None)
+
+    def _adopt(self, job_id: str, calls: int, delete: bool) -> list[WrenFuture]:
+        """Futures for the calls of a job another host submitted (``dask_wren.attach``, which hands
+        them to the monitor): waited for and cancelled as this executor's own (a cancel writes the
+        job's marker, which reaches running calls); with ``delete``, the job's objects go at this
+        executor's shutdown (``wren.cleanup``)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this executor has been shut down; create a new one")
+            if job_id in self._jobs or any(f.job_id == job_id for f in self._futures):
+                raise ValueError(f"job {job_id} is this executor's already")
+            if delete:
+                self._jobs.append(job_id)
+        futures = [self._make_future(job_id, protocol.call_id_for(i)) for i in range(calls)]
+        for f in futures:
+            f.stats["request_id_sent"] = None  # its own host sent it: a cancel must reach the worker
+        return futures
 
     def _stop_attempt(self, request_id: str, future: WrenFuture) -> None:
         """An attempt of ``future``'s call lost to another: stop it (its record would be ignored)."""
@@ -396,6 +439,11 @@ class Executor:
         invoked = time.time()
         for f in futures:
             f.stats["host_invoked"] = invoked
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "dask-wren: job %s submitted: %d call(s) of %s in %d invocation(s) on the %s backend",
+                job_id, len(items), _function_name(func), len(invocations), self.settings.backend,
+            )
         return futures
 
     def _write_manifest(

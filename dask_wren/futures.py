@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dask_wren import errors
+from dask_wren.progress import bar as progress_bar
 from lambda_worker import protocol, serialize
 from lambda_worker.signing import SigningKey
 from lambda_worker.storage import KeyNotFound, Storage, storage_from_spec
@@ -49,6 +50,10 @@ class WrenFuture(cf.Future):
     tail the worker captured), ``job_id``/``call_id``/``key``.  ``cancel()`` works until the
     result is in: a queued call never starts and a running one is stopped where the backend can.
     """
+
+    #: Whether waits on this future show a progress bar: its job's preference (``dask_wren.progress``);
+    #: a class default, so the usual "auto" takes no room in each future.
+    _progress: bool | str = "auto"
 
     def __init__(self, storage: Storage, key: str, job_id: str, call_id: str, signing_key: SigningKey | None = None):
         # cf.Future.__init__ without its Condition and lists, which ``_condition`` creates on
@@ -285,15 +290,26 @@ def wait(
     futures: Iterable[cf.Future],
     return_when: str = ALL_COMPLETED,
     timeout: float | None = None,
+    *,
+    progress: bool | None = None,
 ) -> tuple[list[cf.Future], list[cf.Future]]:
     """Wait for futures (of any executors); return ``(done, not_done)`` in input order.
 
     ``return_when``: ``ALL_COMPLETED`` (default), ``ANY_COMPLETED`` (also ``FIRST_COMPLETED``),
-    or ``ALWAYS`` to return at once with the current state.
+    or ``ALWAYS`` to return at once with the current state.  ``progress``: show a progress bar
+    (True), none (False), or as the futures' jobs prefer (None; ``dask_wren.progress``).
     """
     futures = list(futures)
     if return_when not in (ALL_COMPLETED, ANY_COMPLETED, ALWAYS):
         raise ValueError(f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, not {return_when!r}")
+    bar = None if return_when == ALWAYS else progress_bar(futures, progress)
+    if bar is None:
+        return _wait(futures, return_when, timeout)
+    with bar:
+        return _wait(futures, return_when, timeout)
+
+
+def _wait(futures: list[cf.Future], return_when: str, timeout: float | None) -> tuple[list[cf.Future], list[cf.Future]]:
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = _DETACHED_POLL[0]
     while True:
@@ -321,9 +337,20 @@ def wait(
     return done, [f for f in futures if id(f) not in done_ids]
 
 
-def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
-    """Yield futures as they finish (of any executors, attached or detached)."""
+def as_completed(
+    futures: Iterable[cf.Future], timeout: float | None = None, *, progress: bool | None = None
+) -> Iterator[cf.Future]:
+    """Yield futures as they finish (of any executors, attached or detached); ``progress`` as for ``wait``."""
     futures = list({id(f): f for f in futures}.values())  # each future once, as the stdlib does
+    bar = progress_bar(futures, progress)
+    if bar is None:
+        yield from _as_completed(futures, timeout)
+        return
+    with bar:  # closed however the loop over this generator ends
+        yield from _as_completed(futures, timeout)
+
+
+def _as_completed(futures: list[cf.Future], timeout: float | None) -> Iterator[cf.Future]:
     if not any(getattr(f, "_detached", False) for f in futures):
         yield from cf.as_completed(futures, timeout=timeout)
         return
@@ -333,14 +360,15 @@ def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> 
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise cf.TimeoutError(f"{len(remaining)} of {len(futures)} futures unfinished")
-        done, remaining = wait(remaining, ANY_COMPLETED, left)
+        done, remaining = _wait(remaining, ANY_COMPLETED, left)
         yield from done
 
 
-def get_all_results(futures: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
-    """Wait for all futures and return their results in order; the first error is raised."""
+def get_all_results(futures: Iterable[cf.Future], timeout: float | None = None, *, progress: bool | None = None) -> list[Any]:
+    """Wait for all futures and return their results in order; the first error is raised.
+    ``progress`` as for ``wait``."""
     futures = list(futures)
-    _, not_done = wait(futures, ALL_COMPLETED, timeout)
+    _, not_done = wait(futures, ALL_COMPLETED, timeout, progress=progress)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} futures unfinished after {timeout} s")
     return [f.result() for f in futures]
