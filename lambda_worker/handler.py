@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import platform
 import re
 import sys
 import threading
@@ -45,6 +47,8 @@ from lambda_worker.storage import KeyNotFound, Storage, StorageDenied, StorageEr
 
 #: When this process (the Lambda execution environment) started; worker clocks are not host clocks.
 PROCESS_START = time.time()
+#: The architecture Lambda bills this worker at: its machine's.
+ARCH = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
 #: The watchdog acts this long before the function's own deadline (at most a quarter of the time
 #: left), so that its records are written before Lambda stops the environment.
 DEADLINE_MARGIN = 2.0
@@ -76,7 +80,10 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         "worker_pid": os.getpid(),
         "worker_host": os.uname().nodename if hasattr(os, "uname") else "",
         "worker_versions": serialize.runtime_versions(),
-        "timings": {"worker_start": PROCESS_START, "worker_invoked": start, "worker_cold": cold},
+        "timings": {
+            "worker_start": PROCESS_START, "worker_invoked": start, "worker_cold": cold,
+            "host_submitted": event.get("submitted"),  # so a record alone places its call on a timeline
+        },
     }
     log_group, log_stream = getattr(context, "log_group_name", None), getattr(context, "log_stream_name", None)
     if log_group and log_stream:  # where this invocation's full output is (``dask-wren logs``)
@@ -90,6 +97,7 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         print(f"dask-wren: {message}", file=sys.stderr, flush=True)
         return {"request_id": request_id, "job_id": job_id, "calls": 0, "handler_error": message}
     invocation = _Invocation(storage, event, calls, base, requests, key)
+    invocation.meter = _Meter(start_mono, INIT_MS if cold else 0, _memory_mb(context))
     deadline, expiry = _deadline(event, context, start_mono)
     _WATCHDOG.arm(deadline, lambda: invocation.expire(expiry), invocation.poll_cancel, float(event.get("cancel_poll") or 0))
     try:
@@ -252,6 +260,7 @@ class _Invocation:
         self.current: _CallRunner | None = None
         self.recorded: set[str] = set()
         self.polls = 0  # cancel-marker reads not yet counted in a record's storage_requests
+        self.meter: _Meter | None = None  # what Lambda bills, shared out over the records
         self._extra_env: dict[str, str] | None = None
         # Held while a record is written: the watchdog's records and the calls' never interleave,
         # and once the watchdog holds it, no call writes again (the process is ending).
@@ -318,6 +327,46 @@ class _Invocation:
                 except Exception:
                     pass
             os._exit(WATCHDOG_EXIT_CODE)
+
+
+class _Meter:
+    """What Lambda bills for one invocation, shared out over its calls' records (``header["billing"]``).
+
+    A record's ``ms`` is the invocation's duration so far, rounded up to the millisecond as Lambda
+    rounds it, less what the invocation's earlier records billed: the records of a chunked
+    invocation add up to its duration.  The first record carries the request charge
+    (``first_of_invocation``) and, on a cold start, the INIT phase (``init_ms``), which Lambda bills
+    for managed runtimes since August 2025.  Not in it: the time after the last record's write
+    began (that PUT and the return; tens of ms on S3), so the figure is a little low."""
+
+    def __init__(self, start: float, init_ms: int, memory_mb: int):
+        self.start = start
+        self.init_ms = init_ms
+        self.memory_mb = memory_mb
+        self.region = os.environ.get("AWS_REGION")  # Lambda sets it; None elsewhere
+        self.billed = 0
+        self.records = 0
+
+    def bill(self) -> dict[str, Any]:
+        """The next record's share (hold the invocation's lock)."""
+        elapsed = math.ceil((time.monotonic() - self.start) * 1000)
+        share = max(0, elapsed - self.billed)
+        self.billed += share
+        first = self.records == 0
+        self.records += 1
+        return {
+            "ms": share, "init_ms": self.init_ms if first else 0, "memory_mb": self.memory_mb, "arch": ARCH,
+            "region": self.region, "first_of_invocation": first,
+        }
+
+
+def _memory_mb(context: Any) -> int:
+    """The function's memory (Lambda's context gives a string); 0 when unknown."""
+    memory = getattr(context, "memory_limit_in_mb", None) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    try:
+        return int(memory or 0)
+    except ValueError:
+        return 0
 
 
 class _TailBuffer(io.TextIOBase):
@@ -404,6 +453,9 @@ class _CallRunner:
         self.header["status"] = status
         self.header["timings"]["worker_result_write"] = time.time()
         self.header["storage_requests"] = self.requests + 1 + self.invocation.polls
+        self.header["requests"] = {"get": self.requests + self.invocation.polls, "put": 1}  # by S3 price class
+        if self.invocation.meter is not None:
+            self.header["billing"] = self.invocation.meter.bill()
         self.invocation.polls = 0
         self.invocation.recorded.add(self.call["id"])
         try:
@@ -425,6 +477,8 @@ class _CallRunner:
                 "kind": protocol.FAIL_STORAGE,
                 "message": f"the call's record could not be written to storage: {type(error).__name__}: {error}",
             }
+            if "requests" in self.header:
+                self.header["requests"]["put"] += 1
             try:
                 if self.storage.put_if_absent(self.key, protocol.encode_result(self.header, key=self.invocation.key, storage_key=self.key)):
                     return protocol.STATUS_FAILED
@@ -572,3 +626,20 @@ def _trim(exc: BaseException) -> BaseException:
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         exc.__traceback__ = tb.tb_next
     return exc
+
+
+def _process_started() -> float:
+    """When this process started (Linux: from /proc, to 10 ms), else when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return PROCESS_START
+
+
+#: Milliseconds from this process's start until the handler was ready for its first invocation (the
+#: end of this module's import): Lambda's INIT phase, billed on a cold start.  Measured here, last.
+INIT_MS = math.ceil(max(0.0, time.time() - _process_started()) * 1000)
