@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dask_wren import jobs, signing
 from dask_wren.config import Settings, make_storage
 from dask_wren.errors import IntegrityError
+from lambda_worker.protocol import STATUS_OK
 from lambda_worker.storage import Storage
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ __all__ = ["Row", "draw", "plot", "rows"]
 
 logger = logging.getLogger("dask_wren")
 
-_STATUS_OK = "ok"
 #: Said in every figure: on AWS each worker's clock is its own, so host-to-worker gaps are approximate.
 CLOCK_NOTE = (
     "Seconds since the first submission. Host times (submitted, result seen) and worker times come from "
@@ -141,7 +141,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     ran = [r for r in call_rows if r.call_start is not None and r.call_end is not None]
     timeline.hlines(
         [y[r.call_id] for r in ran], rel(r.call_start for r in ran), rel(r.call_end for r in ran),
-        colors=["tab:blue" if r.status == _STATUS_OK else "tab:red" for r in ran], lw=2,
+        colors=["tab:blue" if r.status == STATUS_OK else "tab:red" for r in ran], lw=2,
         label="function running", gid="function",
     )
     cold = [r for r in call_rows if r.cold and r.started is not None]
@@ -149,7 +149,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
         rel(r.started for r in cold), [y[r.call_id] for r in cold], marker=">", s=14, color="tab:purple",
         zorder=3, label=f"cold start ({len(cold)})", gid="cold",
     )
-    failed = [r for r in call_rows if r.status not in (None, _STATUS_OK) and (r.result_seen or r.result_written)]
+    failed = [r for r in call_rows if r.status not in (None, STATUS_OK) and (r.result_seen or r.result_written)]
     timeline.scatter(
         rel(r.result_seen or r.result_written for r in failed), [y[r.call_id] for r in failed], marker="x", s=16,
         color="tab:red", zorder=3, label=f"failed ({len(failed)})" if failed else "_failed", gid="failed",
@@ -182,11 +182,13 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     return fig
 
 
-def _title(call_rows: list[Row], jobs_named: list[str]) -> str:
+def _title(call_rows: list[Row], jobs_named: list[str], manifest: Mapping[str, Any] | None = None) -> str:
     cold = sum(r.cold for r in call_rows)
-    failed = sum(r.status not in (None, _STATUS_OK) for r in call_rows)
+    failed = sum(r.status not in (None, STATUS_OK) for r in call_rows)
     pending = sum(r.status is None for r in call_rows)
     what = f"job {jobs_named[0]}" if len(jobs_named) == 1 else f"{len(jobs_named)} jobs"
+    if manifest:
+        what += f" ({manifest.get('function')}, {manifest.get('backend')})"
     parts = [f"{len(call_rows)} calls", f"{cold} cold starts"]
     if failed:
         parts.append(f"{failed} failed")
@@ -197,7 +199,8 @@ def _title(call_rows: list[Row], jobs_named: list[str]) -> str:
 
 def _load(job_id: str, storage: Storage | None, settings: Settings | None) -> jobs.Job:
     """The job read from storage alone: ``KeyNotFound`` (naming the prefix and store searched) if
-    storage holds nothing of it, ``IntegrityError`` if none of its records verifies."""
+    storage holds nothing of it, ``IntegrityError`` if none of its records verifies, ``ConfigError``
+    for an AWS host without the deployment's signing key."""
     settings = settings or Settings.from_config()
     storage = storage or make_storage(settings)
     job = jobs.load_job(storage, settings.prefix, job_id, signing.host_key(settings))
@@ -230,11 +233,14 @@ def plot(
     """
     _matplotlib_figure()  # fail before reading a job
     if isinstance(futures_or_job_id, str):
-        call_rows, named = rows(_load(futures_or_job_id, storage, settings)), [futures_or_job_id]
+        job = _load(futures_or_job_id, storage, settings)
+        call_rows = rows(job)
+        title = _title(call_rows, [futures_or_job_id], job.manifest)
     else:
         futures = list(futures_or_job_id)
-        call_rows, named = rows(futures), list(dict.fromkeys(f.job_id for f in futures))
-    fig = draw(call_rows, _title(call_rows, named))
+        call_rows = rows(futures)
+        title = _title(call_rows, list(dict.fromkeys(f.job_id for f in futures)))
+    fig = draw(call_rows, title)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
