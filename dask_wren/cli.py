@@ -1,4 +1,4 @@
-"""The ``dask-wren`` command: ``deploy``, ``destroy``, ``test`` and ``clean``.
+"""The ``dask-wren`` command: ``deploy``, ``destroy``, ``test``, ``jobs``, ``job``, ``logs``, ``clean``, ...
 
 ``main(argv)`` returns the exit code.  An error the user can cause (no credentials, no region,
 access denied, a bad option) ends in one ``dask-wren: error: ...`` line on stderr and exit code 1;
@@ -8,17 +8,21 @@ access denied, a bad option) ends in one ``dask-wren: error: ...`` line on stder
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dask.config
 
 import dask_wren
-from dask_wren import orphans
+from dask_wren import jobs, orphans
 from dask_wren.config import Settings, make_storage
 from dask_wren.deploy import (
     MAX_TIMEOUT,
@@ -31,8 +35,16 @@ from dask_wren.deploy import (
     read_yaml,
     user_error_message,
 )
-from dask_wren.errors import IntegrityError
-from lambda_worker.storage import KeyNotFound
+from dask_wren.errors import ConfigError
+from dask_wren.signing import host_key
+from lambda_worker import protocol
+from lambda_worker.signing import SigningKey
+from lambda_worker.storage import Storage, StorageError
+
+try:
+    from dask_wren import cost
+except ImportError:  # the cost part of issue #10 has not landed yet: costs show as "-"
+    cost = None
 
 _Options = TypeVar("_Options", DeployOptions, DestroyOptions)
 
@@ -123,8 +135,33 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     c.add_argument("--older-than", type=_duration, metavar="AGE", help="also remove every job whose host started longer ago (any machine): 30m, 12h, 1d")
-    c.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    yes = c.add_mutually_exclusive_group()
+    yes.add_argument("--yes", action="store_true", help="remove them (without it, clean only lists what it would remove)")
+    yes.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing (the default)")
     c.add_argument("--config-file", type=Path, help="read the settings from this file too")
+
+    storage_only = "Reads the configured store alone (wren.storage.*), so it works after the job's host is gone."
+    j = sub.add_parser("jobs", help="list the jobs in storage: calls done and failed, bytes, cost, whether their host runs",
+                       description="List the jobs under wren.storage.prefix. " + storage_only + " Executors delete their "
+                       "jobs at shutdown unless wren.cleanup is false: listed are running hosts' jobs, dead hosts' and kept ones.")
+    j.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    j.add_argument("--config-file", type=Path, help="read the settings from this file too")
+    one = sub.add_parser("job", help="a job's summary, timings, cost and failures (with their errors)",
+                         description="Show job JOB (an id, or the start of one): its manifest, counts, timings, cost and "
+                         "every failed attempt with its error, retried ones included. " + storage_only)
+    one.add_argument("job", help="the job id (future.job_id), or its first characters")
+    one.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    one.add_argument("--unverified", action="store_true", help="also show records that do not verify with this host's key, "
+                     "marked UNVERIFIED (their JSON header, unchecked; nothing is unpickled)")
+    one.add_argument("--config-file", type=Path, help="read the settings from this file too")
+    logs = sub.add_parser("logs", help="the stdout/stderr tail of a job's calls, and where a call's full log is",
+                          description="Print the output tail each call's record keeps (wren.output-tail characters): "
+                          "briefly for every call, whole for CALL with where its full log is (CloudWatch on Lambda, "
+                          "the worker's log file locally). " + storage_only)
+    logs.add_argument("job", help="the job id, or its first characters")
+    logs.add_argument("call", nargs="?", help="a call id (000002) or index (2)")
+    logs.add_argument("--unverified", action="store_true", help="also show records that do not verify, marked UNVERIFIED")
+    logs.add_argument("--config-file", type=Path, help="read the settings from this file too")
 
     p = sub.add_parser(
         "plot",
@@ -166,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             destroy(options(DestroyOptions, args))
             return 0
         if args.command == "clean":
-            return run_clean(older_than=args.older_than, dry_run=args.dry_run, config_file=args.config_file)
+            return run_clean(older_than=args.older_than, yes=args.yes, config_file=args.config_file)
+        if args.command == "jobs":
+            return run_jobs(as_json=args.json, config_file=args.config_file)
+        if args.command == "job":
+            return run_job(args.job, as_json=args.json, unverified=args.unverified, config_file=args.config_file)
+        if args.command == "logs":
+            return run_logs(args.job, args.call, unverified=args.unverified, config_file=args.config_file)
         if args.command == "plot":
             return run_plot(args.job, output=args.output, config_file=args.config_file)
         return run_test(args.calls, function_name=args.function_name, config_file=args.config_file, timeout=args.timeout)
@@ -174,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dask-wren: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        message = user_error_message(e)
+        message = user_error_message(e) or (str(e) if isinstance(e, StorageError | ConfigError) else None)
         if message is None or args.debug:
             raise
         print(f"dask-wren: error: {message}", file=sys.stderr)
@@ -254,22 +297,343 @@ def run_test(
     return 1 if failures else 0
 
 
-# -- dask-wren clean ---------------------------------------------------------------------------
+# -- dask-wren jobs / job / logs ---------------------------------------------------------------
+#
+# Everything below reads the configured store alone, so it works after the host is gone.  Records
+# are verified with this process's signing key; one that does not verify is reported, never
+# unpickled, and its JSON is shown only with --unverified, marked as such.
+
+_UNVERIFIED_HINT = (
+    "the local backend's signing key lives with its host process unless DASK_WREN_SIGNING_KEY is set in the host's "
+    "environment; on AWS the key is wren.aws.signing-key (the settings file `dask-wren deploy` wrote). "
+    "--unverified shows such records' headers unchecked (JSON, never unpickled)"
+)
 
 
-def run_clean(*, older_than: float | None = None, dry_run: bool = False, config_file: Path | None = None) -> int:
-    """List (``dry_run``) or remove the leftovers ``orphans.find_leftovers`` finds in the configured store."""
+def _store(config_file: Path | None) -> tuple[Settings, Storage]:
     settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}
     with dask.config.set(settings):
         config = Settings.from_config()
-    storage = make_storage(config)
-    leftovers = orphans.find_leftovers(storage, config.prefix, older_than)
-    for item in leftovers:
-        print(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.where}: {item.reason}")
-    if not dry_run:
-        orphans.remove(storage, leftovers)
-    print(f"{len(leftovers)} leftover(s) {'found' if dry_run else 'removed'} in {storage!r}")
+    return config, make_storage(config)
+
+
+def _signing_key(settings: Settings) -> SigningKey | None:
+    """The key this host checks records with; ``None`` when it has none (records then do not verify)."""
+    try:
+        return host_key(settings)
+    except ConfigError:
+        return None
+
+
+def _where(settings: Settings, storage: Storage) -> str:
+    return f"{storage!r} under {settings.prefix}/"
+
+
+def _find_job(settings: Settings, storage: Storage, text: str) -> str:
+    """The job id that ``text`` is, or is the only job id to start with (one LIST of that prefix)."""
+    if next(iter(storage.list(f"{settings.prefix}/{text}/")), None):  # one LIST request, however large the job
+        return text
+    ids = sorted({k[len(settings.prefix) + 1 :].split("/", 1)[0] for k, _ in storage.list(f"{settings.prefix}/{text}")})
+    ids = [i for i in ids if jobs.JOB_ID.match(i) and i.startswith(text)]
+    if len(ids) == 1:
+        return ids[0]
+    if ids:
+        raise DeployError(f"{text!r} names {len(ids)} jobs ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}): give more of the id")
+    raise DeployError(
+        f"no job {text!r} in {_where(settings, storage)}: `dask-wren jobs` lists the jobs there (an executor deletes "
+        "its jobs when it shuts down, unless wren.cleanup is false)"
+    )
+
+
+def _when(t: float | None, timespec: str = "seconds") -> str:
+    return datetime.fromtimestamp(t).isoformat(sep=" ", timespec=timespec) if t else "-"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 0.001:
+        return f"{s * 1e6:.0f} us"
+    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Plain aligned columns; numbers right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    numeric = [all(str(r[i]).replace(".", "").replace(",", "").isdigit() for r in rows) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).rjust(w) if num and row is not header else str(c).ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _clean_text(text: Any) -> str:
+    """Text from a record for a terminal: control characters (escape sequences) shown, not obeyed."""
+    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _host_state(job: jobs.JobSummary) -> str:
+    host = job.host
+    if not host:
+        return "?"
+    who = f"pid {host['pid']}" + ("" if job.host_alive is not None else f" on {host['host']}")
+    state = {True: "alive", False: "dead", None: "?"}[job.host_alive]
+    return f"{state} ({who})"
+
+
+def _local(job: jobs.JobSummary) -> bool:
+    return (job.manifest or {}).get("backend", "local") != "aws"
+
+
+def _prices(settings: Settings) -> cost.Prices | None:
+    return cost.Prices.load(settings) if cost is not None else None
+
+
+def _cost(job: jobs.Job, prices: cost.Prices | None) -> cost.CostSummary | None:
+    if prices is None:
+        return None
+    manifest = job.manifest or {}
+    return cost.summarize(
+        job.headers(), host_requests=manifest.get("host_requests"), prices=prices,
+        local=_local(job), memory_mb=manifest.get("memory_mb"),
+    )
+
+
+def _money(summary: cost.CostSummary | None) -> str:
+    return "-" if summary is None else f"${summary.total:.4f}"
+
+
+def _job_dict(job: jobs.Job, summary: cost.CostSummary | None) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id, "submitted": job.submitted, "calls": job.calls, "done": job.done, "failed": job.failed,
+        "pending": job.missing, "unverified": job.unverifiable, "objects": job.objects, "bytes": job.bytes,
+        "host": job.host, "host_alive": job.host_alive, "cost": summary.as_dict() if summary else None, "manifest": job.manifest,
+    }
+
+
+def run_jobs(*, as_json: bool = False, config_file: Path | None = None) -> int:
+    """List the jobs in the configured store (``dask-wren jobs``)."""
+    settings, storage = _store(config_file)
+    key = _signing_key(settings)
+    found = jobs.list_jobs(storage, settings.prefix, key, headers=True)
+    prices = _prices(settings)
+    costs = {job.job_id: _cost(job, prices) for job in found}
+    if as_json:
+        print(json.dumps([_job_dict(job, costs[job.job_id]) for job in found], indent=2, default=str))
+        return 0
+    if found:
+        rows = [
+            [
+                job.job_id, _when(job.submitted), str(job.calls), str(job.done), str(job.failed), str(job.missing),
+                _size(job.bytes), _money(costs[job.job_id]) + ("*" if _local(job) and prices else ""),
+                _host_state(job), (job.manifest or {}).get("function", "?"),
+            ]
+            for job in found
+        ]
+        print(_table(["JOB", "SUBMITTED", "CALLS", "DONE", "FAILED", "PENDING", "BYTES", "COST", "HOST", "FUNCTION"], rows))
+    unverified = [job for job in found if job.unverifiable]
+    for job in unverified:
+        print(f"job {job.job_id}: {job.unverifiable} call(s) have records that do not verify (not counted)")
+    if unverified:
+        print(f"  ({_UNVERIFIED_HINT}, with `dask-wren job JOB`)")
+    if prices and any(_local(j) for j in found):
+        print("* a local job: what it would cost on Lambda")
+    if any(j.manifest is None for j in found):
+        print("a job without a manifest (older version, or its host died first) shows what its records tell")
+    print(f"{len(found)} job(s) in {_where(settings, storage)}; executors delete their jobs at shutdown unless "
+          "wren.cleanup is false")
     return 0
+
+
+def _attempt_label(header: dict[str, Any], unverified: bool) -> str:
+    label = f"call {header.get('call_id', '?')} attempt {header.get('attempt', 0)}"
+    return f"UNVERIFIED {label}" if unverified else label
+
+
+def _headers(job: jobs.Job, unverified: bool) -> list[tuple[dict[str, Any], bool]]:
+    """Every attempt's header in call and attempt order, flagged when it did not verify (``unverified``: shown)."""
+    found = [(h, False) for h in job.headers()]
+    if unverified:
+        found += [(dict(b.header, call_id=b.call_id, attempt=b.attempt), True) for bs in job.unverified.values() for b in bs if b.header]
+    return sorted(found, key=lambda item: (item[0].get("call_id", ""), item[0].get("attempt", 0)))
+
+
+def _error_line(header: dict[str, Any]) -> str:
+    """``ok``, or the status, the failure's kind (unless the function raised) and its error."""
+    if header.get("status") == protocol.STATUS_OK:
+        return "ok"
+    error = header.get("error") or {}
+    kind = f" ({error['kind']})" if error.get("kind") not in (None, "exception") else ""
+    what = f"{error['type']}: " if error.get("type") else ""
+    return _clean_text(f"{header.get('status')}{kind}: {what}{error.get('message', '')}")
+
+
+def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, config_file: Path | None = None) -> int:
+    """A job's summary and its failures (``dask-wren job JOB``)."""
+    settings, storage = _store(config_file)
+    key = _signing_key(settings)
+    job = jobs.load_job(storage, settings.prefix, _find_job(settings, storage, job_text), key, unchecked=unverified)
+    summary = _cost(job, _prices(settings))
+    timings = job.timings()
+    failures = [(h, bad) for h, bad in _headers(job, unverified) if h.get("status") != protocol.STATUS_OK]
+    bad_records = [b for bs in job.unverified.values() for b in bs]
+    if as_json:
+        out = _job_dict(job, summary)
+        out["timings"] = timings
+        out["failures"] = [dict(h, unverified=True) if bad else h for h, bad in failures]
+        out["unverified_records"] = [{"call_id": b.call_id, "attempt": b.attempt, "key": b.key, "reason": b.reason} for b in bad_records]
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    m = job.manifest or {}
+    rows = [["job", job.job_id], ["storage", _where(settings, storage)]]
+    if m:
+        rows += [
+            ["submitted", f"{_when(m['submitted'], 'milliseconds')} by pid {m.get('pid')} on {m.get('host')} (host {_host_state(job).split(' ')[0]})"],
+            ["function", m.get("function", "?")],
+            ["backend", ", ".join(
+                [m.get("backend", "?")] + [f"{m[k]}" for k in ("function_name", "region") if m.get(k)]
+                + [f"{m.get('memory_mb')} MB", f"timeout {m.get('timeout')} s", f"chunksize {m.get('chunksize')}", f"retries {m.get('retries')}"]
+            )],
+        ]
+    else:
+        rows += [["manifest", f"none (an older version's job, or its host died before writing it); host {_host_state(job)}"]]
+    rows += [
+        ["calls", f"{job.calls}: {job.done} done, {job.failed} failed, {job.missing} without a record (running, queued or lost)"
+         + (f", {job.unverifiable} with records that do not verify" if job.unverifiable else "")],
+        ["attempts", f"{timings['attempts']} recorded, {timings['later_attempts']} of them retries or backups; "
+         f"{m.get('invocations', '?')} invocations at submission; {timings['cold_starts']} cold start(s)"],
+        ["first submitted", _when(timings["first_submitted"], "milliseconds")],
+        ["last result", _when(timings["last_result"], "milliseconds") + (
+            f" ({_seconds(timings['last_result'] - timings['first_submitted'])} after)" if timings["last_result"] and timings["first_submitted"] else "")],
+        ["call duration", f"median {_seconds(timings['median_call_s'])}, max {_seconds(timings['max_call_s'])}"],
+        ["stored", f"{job.objects} objects, {_size(job.bytes)}"],
+    ]
+    print("\n".join(f"{k:<16}{v}" for k, v in rows))
+    print("\ncost" + (" (what it would cost on Lambda)" if _local(job) else ""))
+    print("\n".join(f"  {line}" for line in str(summary if summary else "not available: dask_wren.cost is missing").splitlines()))
+    if failures:
+        calls = {h.get("call_id") for h, _ in failures}
+        print(f"\nfailures ({len(failures)} attempt(s) of {len(calls)} call(s))")
+        for header, bad in failures:
+            final = job.final(header.get("call_id", ""))
+            retried = " (retried: the call then succeeded)" if final and final.get("status") == protocol.STATUS_OK else ""
+            print(f"  {_attempt_label(header, bad)}: {_error_line(header)}{retried}")
+            tb = [line for line in str((header.get("error") or {}).get("traceback") or "").splitlines() if line.strip()]
+            for line in tb[-_TRACEBACK_LINES:]:
+                print(f"      {_clean_text(line)}")
+    if bad_records:
+        print(f"\nrecords that do not verify ({len(bad_records)}; never unpickled{', shown above as UNVERIFIED' if unverified else ''})")
+        for b in bad_records:
+            print(f"  call {b.call_id} attempt {b.attempt}: {b.reason}" + (f"; the job was signed with key id {m['key_id']}" if m.get("key_id") else ""))
+        print(f"  ({_UNVERIFIED_HINT})")
+    return 0
+
+
+_TRACEBACK_LINES = 4
+_TAIL_LINES = 3  # per stream and call, without CALL
+
+
+def _log_location(header: dict[str, Any], region: str | None) -> list[str]:
+    """Where a call's full output is: a CloudWatch stream (Lambda) or a local worker's log file."""
+    log = header.get("log") or {}
+    group, stream = log.get("group"), log.get("stream")
+    if not group or not stream:
+        return ["full log: not recorded (a record written by the host, or by an older version)"]
+    if group.startswith("/aws/"):
+        region_option = f" --region {region}" if region else ""
+        return [
+            _clean_text(f"full log: CloudWatch log group {group}, stream {stream}"),
+            _clean_text(f"  aws logs tail {shlex.quote(group)} --log-stream-names {shlex.quote(stream)} --since 1d{region_option}"),
+            "  (or the Lambda console: the function's Monitor tab, View CloudWatch logs)",
+        ]
+    path = os.path.join(group, stream)
+    state = "" if os.path.exists(path) else " (gone: the local backend removes a worker's log when the worker or its host ends)"
+    return [_clean_text(f"full log: {path}{state}")]
+
+
+def _tail(text: str, lines: int | None) -> list[str]:
+    kept = _clean_text(text).rstrip("\n").splitlines()
+    return kept if lines is None else kept[-lines:]
+
+
+def run_logs(job_text: str, call: str | None = None, *, unverified: bool = False, config_file: Path | None = None) -> int:
+    """The output tail of one call's attempts, or of every call briefly (``dask-wren logs JOB [CALL]``)."""
+    settings, storage = _store(config_file)
+    key = _signing_key(settings)
+    job = jobs.load_job(storage, settings.prefix, _find_job(settings, storage, job_text), key, unchecked=unverified)
+    region = (job.manifest or {}).get("region")
+    found = _headers(job, unverified)
+    if call is not None:
+        call_id = protocol.call_id_for(int(call)) if call.isdigit() else call
+        found = [(h, bad) for h, bad in found if h.get("call_id") == call_id]
+        if not found:
+            if call_id in job.unverified:
+                raise DeployError(f"call {call_id} of job {job.job_id} has no record that verifies (never unpickled); "
+                                  f"--unverified shows it unchecked: {_UNVERIFIED_HINT}")
+            raise DeployError(f"call {call!r} of job {job.job_id} has no record: its calls are 000000 to "
+                              f"{protocol.call_id_for(max(job.calls - 1, 0))}, {len(job.records)} of them recorded")
+    for header, bad in found:
+        print(f"{_attempt_label(header, bad)}: {_error_line(header)} (request {header.get('request_id', '?')})")
+        for stream in ("stdout", "stderr"):
+            text = header.get(stream) or ""
+            lines = _tail(text, None if call is not None else _TAIL_LINES)
+            dropped = (header.get("output_dropped") or {}).get(stream, 0)
+            if call is None and not lines:
+                continue
+            shown = len(lines) if call is None else None
+            more = f" (last {shown} lines)" if shown is not None and shown < len(_tail(text, None)) else ""
+            earlier = f" ({dropped} earlier characters not kept)" if dropped else ""
+            print(f"  --- {stream}{more}{earlier}" + (" (empty)" if not lines else ""))
+            for line in lines:
+                print(f"  {line}")
+        if call is not None:
+            print("\n".join(f"  {line}" for line in _log_location(header, region)))
+    if call is None:
+        print(f"{len(found)} record(s) of job {job.job_id}; `dask-wren logs {job.job_id} CALL` shows a call's whole tail "
+              "and where its full log is")
+    if job.unverifiable and not unverified:
+        print(f"{job.unverifiable} call(s) have records that do not verify (not shown): {_UNVERIFIED_HINT}")
+    return 0
+
+
+# -- dask-wren clean ---------------------------------------------------------------------------
+
+
+def _leftover_size(storage: Storage, item: orphans.Leftover) -> str:
+    if item.kind == "job":
+        return _size(sum(size for _, size in storage.list(item.where)))
+    if item.kind == "logs":
+        return _size(sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(item.where) for f in names
+                         if os.path.isfile(os.path.join(d, f))))
+    return "-"
+
+
+def run_clean(*, older_than: float | None = None, yes: bool = False, config_file: Path | None = None) -> int:
+    """List (the default) or, with ``yes``, remove the leftovers ``orphans.find_leftovers`` finds."""
+    settings, storage = _store(config_file)
+    leftovers = orphans.find_leftovers(storage, settings.prefix, older_than)
+    if leftovers:
+        print("removing:" if yes else "would remove (nothing is removed without --yes):")
+        rows = [[item.kind, item.where, _leftover_size(storage, item), item.reason] for item in leftovers]
+        print(_table(["KIND", "WHAT", "SIZE", "WHY"], rows))
+    if yes:
+        orphans.remove(storage, leftovers)
+    counts = ", ".join(f"{sum(1 for f in leftovers if f.kind == k)} {k}" for k in ("job", "record", "logs"))
+    if yes or not leftovers:
+        print(f"{len(leftovers)} leftover(s) {'removed' if yes else 'found'} ({counts}) in {_where(settings, storage)}")
+    else:
+        print(f"{len(leftovers)} leftover(s) ({counts}) in {_where(settings, storage)}: `dask-wren clean --yes` removes them")
+    return 0
+
 
 
 # -- dask-wren plot ----------------------------------------------------------------------------
@@ -283,7 +647,7 @@ def run_plot(job_id: str, *, output: Path | None = None, config_file: Path | Non
     output = output or Path(f"{job_id}.png")
     try:
         dask_wren.plot(job_id, output, settings=config)
-    except (KeyNotFound, IntegrityError, ImportError) as e:
+    except (dask_wren.WrenError, ImportError) as e:  # no such job, no key, records that do not verify, no matplotlib
         print(f"dask-wren: error: {e}", file=sys.stderr)
         return 1
     print(f"timeline of job {job_id} saved to {output}")

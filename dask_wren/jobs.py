@@ -122,7 +122,7 @@ class Job(JobSummary):
         return [h for h in self.headers() if h.get("status") != protocol.STATUS_OK]
 
     def timings(self) -> dict[str, Any]:
-        """First submission, last result write, call durations (final records) and cold starts."""
+        """First submission, last result write, call durations (final records), cold starts, attempts."""
         finals = [h for h in (self.final(c) for c in self.records) if h]
         t = [h.get("timings") or {} for h in self.headers()]
         durations = [
@@ -141,6 +141,7 @@ class Job(JobSummary):
             "max_call_s": max(durations) if durations else None,
             "cold_starts": sum(1 for x in t if x.get("worker_cold")),
             "attempts": len(t),
+            "later_attempts": sum(1 for h in self.headers() if h.get("attempt")),
         }
 
 

@@ -83,11 +83,11 @@ def test_a_killed_hosts_leftovers_go_at_the_next_executor_start(tmp_path):
 def test_dask_wren_clean_lists_then_removes_a_killed_hosts_leftovers(tmp_path, capsys):
     storage, job_id, logs, _ = killed_host(tmp_path)
     with dask.config.set({"wren.storage.local-dir": storage.root}):
-        assert cli.main(["clean", "--dry-run"]) == 0
+        assert cli.main(["clean"]) == 0  # a dry run unless --yes
         out = capsys.readouterr().out
-        assert f"would remove job dask-wren/{job_id}/" in out
+        assert "would remove" in out and f"dask-wren/{job_id}/" in out and "clean --yes" in out
         assert job_objects(storage, job_id)
-        assert cli.main(["clean"]) == 0
+        assert cli.main(["clean", "--yes"]) == 0
     assert job_objects(storage, job_id) == [] and host_records(storage) == [] and not os.path.exists(logs)
 
 
