@@ -42,6 +42,9 @@ class Settings:
     backups: bool = True
     backup_factor: float = 3.0
     progress: bool | str = "auto"  # progress bars in waits: True, False or "auto" (dask_wren.progress)
+    budget: float | None = None  # dollars an executor (or a wren_get compute) may spend; None: no cap
+    cost_region: str | None = None  # prices local jobs and records without a region (None: us-east-1)
+    prices: dict[str, Any] | None = field(default=None, hash=False)  # merged over dask_wren/prices.yaml
     storage: str = "local"
     prefix: str = "dask-wren"
     storage_dir: str | None = None
@@ -106,6 +109,10 @@ class Settings:
             )
         if self.backup_factor <= 1:
             raise ConfigError(f"wren.backup-factor must be more than 1, not {self.backup_factor!r}")
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or self.budget < 0):
+            raise ConfigError(f"wren.budget must be a number of dollars >= 0, or null for no cap, not {self.budget!r}")
+        if self.prices is not None and not isinstance(self.prices, dict):
+            raise ConfigError(f"wren.prices must be a mapping of regions to prices (see dask_wren/prices.yaml), not {self.prices!r}")
         if self.progress not in (True, False, "auto"):
             raise ConfigError(f"wren.progress must be true, false or auto, not {self.progress!r}")
         if not isinstance(self.invoker_processes, int) or self.invoker_processes < 0:
@@ -132,6 +139,9 @@ _KEYS = {
     "backups": "wren.backups",
     "backup_factor": "wren.backup-factor",
     "progress": "wren.progress",
+    "budget": "wren.budget",
+    "cost_region": "wren.cost-region",
+    "prices": "wren.prices",
     "storage": "wren.storage.kind",
     "prefix": "wren.storage.prefix",
     "storage_dir": "wren.storage.local-dir",

@@ -6,8 +6,10 @@ from lambda_worker.errors import IntegrityError, WrenError
 
 __all__ = [
     "BackendError",
+    "BudgetExceededError",
     "ConfigError",
     "IntegrityError",
+    "LostCallError",
     "RemoteError",
     "SerializationError",
     "VersionMismatchError",
@@ -52,9 +54,21 @@ class WrenTimeoutError(WrenError, TimeoutError):
     """A call ran past its timeout and was stopped."""
 
 
+class LostCallError(WrenError):
+    """A call of an attached job (``dask_wren.attach``) has no result and never will: its worker died
+    with its host, or no record came within the bound for it.  Attach never runs a call again."""
+
+
 class VersionMismatchError(WrenError):
     """Host and worker run different Python, cloudpickle or protocol versions."""
 
 
 class BackendError(WrenError):
     """The backend cannot run calls at all (workers do not start, function not deployed, ...)."""
+
+
+class BudgetExceededError(WrenError):
+    """A call was not sent: with it, the executor's spending would pass ``wren.budget``.
+
+    The message says the budget, what finished calls spent, what is estimated for the calls in
+    flight (they finish normally) and how many calls were not sent."""
