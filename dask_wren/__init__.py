@@ -1,10 +1,12 @@
 """dask-wren: run Python functions and Dask graphs on AWS Lambda or local worker processes."""
 
+from dask_wren.attach import attach
 from dask_wren.config import Settings
 from dask_wren.errors import (
     BackendError,
     ConfigError,
     IntegrityError,
+    LostCallError,
     RemoteError,
     SerializationError,
     VersionMismatchError,
@@ -40,6 +42,7 @@ __all__ = [
     "Executor",
     "FIRST_COMPLETED",
     "IntegrityError",
+    "LostCallError",
     "RemoteError",
     "SerializationError",
     "Settings",
@@ -51,6 +54,7 @@ __all__ = [
     "WrenFuture",
     "WrenTimeoutError",
     "as_completed",
+    "attach",
     "default_executor",
     "get_all_results",
     "lambda_executor",

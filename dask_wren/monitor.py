@@ -11,7 +11,9 @@ State (guarded by ``_lock``; the monitor thread is the only one that reads stora
              starts after it (results of a job are keys in call order); the records of later
              attempts (``a/``, few) are listed whole, and only while the job has any
 Each record goes to ``attempts`` (``dask_wren.attempts``), which resolves the future or keeps it
-waiting for a retry or a backup; each round ends with its ``tick`` (the retries that are due).
+waiting for a retry or a backup; each round ends with its ``tick`` (the retries that are due).  A
+job another host submitted (``dask_wren.attach``) has a judge of its own in ``attempts``'s place
+(same three methods), which lists ``a/`` always and runs no call again.
 A job leaves ``jobs`` when its last future resolves, or when its listing failed
 ``_LIST_FAILURES_ALLOWED`` rounds in a row: then every future of the job fails with the
 ``StorageError`` rather than waiting forever.  Each round's resolved futures go to
@@ -28,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dask_wren import errors
 from dask_wren.attempts import Attempts
@@ -51,6 +54,7 @@ class _Watched:
     later_seen: set[str] = field(default_factory=set)
     low: int = 0  # every call id below this one has been seen: list only past it
     list_failures: int = 0  # consecutive rounds whose listing failed
+    judge: Any = None  # an attached job's judge (``dask_wren.attach``); None: the executor's ``attempts``
 
     def start_after(self) -> str | None:
         while protocol.call_id_for(self.low) in self.seen:
@@ -79,15 +83,17 @@ class Monitor:
         self._failure: errors.BackendError | None = None  # the thread died: no more watching
         self._thread: threading.Thread | None = None
 
-    def watch(self, prefix: str, job_id: str, futures: dict[str, WrenFuture]) -> None:
-        """Resolve ``futures`` (call id -> future) of job ``job_id`` under storage prefix ``prefix``."""
+    def watch(self, prefix: str, job_id: str, futures: dict[str, WrenFuture], judge: Any = None) -> None:
+        """Resolve ``futures`` (call id -> future) of job ``job_id`` under storage prefix ``prefix``
+        (``judge``: an attached job's, in place of ``attempts``)."""
         with self._lock:
             if self._failure is not None:
                 raise self._failure
             job = self._jobs.get(job_id)
             if job is None:
                 self._jobs[job_id] = _Watched(
-                    protocol.results_prefix(prefix, job_id), protocol.attempts_prefix(prefix, job_id), dict(futures)
+                    protocol.results_prefix(prefix, job_id), protocol.attempts_prefix(prefix, job_id), dict(futures),
+                    judge=judge,
                 )
             else:
                 job.futures.update(futures)
@@ -147,6 +153,9 @@ class Monitor:
             for job_id, job in jobs:
                 self._scan(job_id, job)
             self._settled(self.attempts.tick())
+            for _, job in jobs:
+                if job.judge is not None:
+                    self._settled(job.judge.tick())
             # Hints can arrive per finished call; listing a large prefix that often would take the
             # host's time from dispatching.  Space rounds by a few times the last round's cost.
             gap = max(_MIN_ROUND_GAP, _ROUND_COST_FACTOR * (time.monotonic() - began))
@@ -208,7 +217,7 @@ class Monitor:
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
-            if self.attempts.has_later_attempts(job_id):
+            if (job.judge or self.attempts).has_later_attempts(job_id):
                 for key, size in self.storage.list(job.later_prefix):
                     name = key.rsplit("/", 1)[-1]
                     if name not in job.later_seen:
@@ -238,7 +247,7 @@ class Monitor:
                 continue
             try:
                 record = self.storage.get(key) if size <= self.inline_limit else self._read_header(key)
-                final = self.attempts.on_record(future, key, attempt, record, size)
+                final = (job.judge or self.attempts).on_record(future, key, attempt, record, size)
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():
                     future.set_exception(e)

@@ -7,11 +7,15 @@ time are in the key) and deletes it after its jobs; the local backend names its 
 ``dask-wren-workers-{pid}-*``.  A record or folder whose process is gone (or whose pid now
 belongs to a process started later) is a dead host's, and what it names can go.
 
-- ``sweep_once(storage, prefix)``: at an executor's start, once per process and store, in a
-  background thread: one LIST of this machine's records; the jobs and log folders of this
-  machine's dead hosts are removed.  Other machines' records are never looked at, live hosts'
-  never touched, nor jobs of executors that keep their jobs (``wren.cleanup`` off).
-- ``find_leftovers`` / ``remove`` (``dask-wren clean``): the same, plus with ``older_than`` every
+- ``sweep_once(storage, prefix, grace)``: at an executor's start, once per process and store, in
+  a background thread: one LIST of this machine's records; the jobs and log folders of this
+  machine's dead hosts are removed once older than ``grace`` (``wren.dead-host-grace``: a job's
+  age counts from its manifest's ``submitted``, else from its host record's start; a log folder's
+  from its last change), so that a dead host's job can still be attached (``dask_wren.attach``)
+  or inspected for that long.  A dead host's record goes with its last job.  Other machines'
+  records are never looked at, live hosts' never touched, nor jobs of executors that keep their
+  jobs (``wren.cleanup`` off), nor jobs this process attached (``adopt``).
+- ``find_leftovers`` / ``remove`` (``dask-wren clean``): the same at once (no grace), plus with ``older_than`` every
   host record (any machine) older than that, and jobs that no record claims (an executor writes
   its record before its first job, so a job without one belongs to no running executor).
 """
@@ -28,7 +32,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lambda_worker import protocol
@@ -42,6 +46,7 @@ _RECORD_NAME = re.compile(r"^(\d+)-([\d.]+)-([0-9a-f]+)\.json$")
 _JOB_ID = re.compile(r"^([0-9a-f]+)-\d{4,}$")
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
+_adopted: set[str] = set()  # job prefixes this process attached: its own sweeps leave them alone
 
 
 def hostname() -> str:
@@ -109,19 +114,27 @@ class Leftover:
     reason: str
 
 
-def sweep_once(storage: Storage, prefix: str) -> None:
-    """Remove this machine's dead hosts' leftovers, in a background thread, once per process and store."""
+def adopt(job_prefix: str) -> None:
+    """This process attached the job under ``job_prefix``: its sweeps never remove it (its executor
+    deletes it at shutdown)."""
+    with _swept_lock:
+        _adopted.add(job_prefix)
+
+
+def sweep_once(storage: Storage, prefix: str, grace: float = 0.0) -> None:
+    """Remove this machine's dead hosts' leftovers older than ``grace`` seconds, in a background
+    thread, once per process and store."""
     key = json.dumps([storage.spec(), prefix], sort_keys=True, default=str)
     with _swept_lock:
         if key in _swept:
             return
         _swept.add(key)
-    threading.Thread(target=_sweep, args=(storage, prefix), name="dask-wren-sweep", daemon=True).start()
+    threading.Thread(target=_sweep, args=(storage, prefix, grace), name="dask-wren-sweep", daemon=True).start()
 
 
-def _sweep(storage: Storage, prefix: str) -> None:
+def _sweep(storage: Storage, prefix: str, grace: float) -> None:
     try:
-        remove(storage, _dead_here(storage, prefix) + dead_log_dirs())
+        remove(storage, _dead_here(storage, prefix, grace) + dead_log_dirs(grace=grace))
     except Exception as e:  # a sweep is housekeeping: the next start, or `dask-wren clean`, tries again
         logger.warning("dask-wren: leftovers of dead hosts not removed: %s", e)
 
@@ -141,28 +154,54 @@ def _read(storage: Storage, key: str) -> dict | None:
         return None
 
 
-def _host_leftovers(storage: Storage, prefix: str, record_key: str, executor_id: str, reason: str) -> list[Leftover]:
-    """The jobs of ``executor_id`` and its record."""
+def _host_leftovers(
+    storage: Storage, prefix: str, record_key: str, executor_id: str, reason: str, keep: Callable[[str], bool] = lambda _: False
+) -> list[Leftover]:
+    """The jobs of ``executor_id`` but those ``keep(job_id)`` keeps, and its record once it names no other."""
     jobs = sorted({key[len(prefix) + 1 :].split("/", 1)[0] for key, _ in storage.list(f"{prefix}/{executor_id}-")})
-    return [Leftover("job", protocol.job_prefix(prefix, j), reason) for j in jobs] + [Leftover("record", record_key, reason)]
+    gone = [j for j in jobs if not keep(j)]
+    record = [Leftover("record", record_key, reason)] if len(gone) == len(jobs) else []
+    return [Leftover("job", protocol.job_prefix(prefix, j), reason) for j in gone] + record
 
 
-def _dead_here(storage: Storage, prefix: str) -> list[Leftover]:
-    """The leftovers of this machine's dead hosts that clean up after themselves."""
+def _dead_here(storage: Storage, prefix: str, grace: float = 0.0) -> list[Leftover]:
+    """The leftovers of this machine's dead hosts that clean up after themselves, but jobs younger
+    than ``grace`` seconds and jobs this process attached."""
     found = []
+    now = time.time()
     for key, pid, started, executor_id in _records(storage, f"{protocol.hosts_prefix(prefix)}{hostname()}/"):
         if process_alive(pid, started):
             continue
         record = _read(storage, key)
-        if record is not None and record.get("cleanup", True):
-            found += _host_leftovers(storage, prefix, key, executor_id, f"its host (pid {pid} on this machine) is dead")
+        if record is None or not record.get("cleanup", True):
+            continue
+
+        def keep(job_id: str, record: dict = record) -> bool:
+            if protocol.job_prefix(prefix, job_id) in _adopted:
+                return True
+            if grace <= 0:
+                return False
+            return now - _submitted(storage, prefix, job_id, float(record.get("started", 0))) < grace
+
+        reason = f"its host (pid {pid} on this machine) is dead"
+        found += _host_leftovers(storage, prefix, key, executor_id, reason + (f"; submitted more than {grace:g} s ago" if grace > 0 else ""), keep)
     return found
 
 
-def dead_log_dirs(root: str | None = None) -> list[Leftover]:
-    """Local worker log folders whose host process is dead.  A folder's pid is alive only if that
-    process started before the folder last changed (so a reused pid does not keep it)."""
+def _submitted(storage: Storage, prefix: str, job_id: str, default: float) -> float:
+    """When the job was submitted (its manifest says), else ``default``."""
+    try:
+        return float(json.loads(storage.get(protocol.manifest_key(prefix, job_id)))["submitted"])
+    except (KeyNotFound, ValueError, KeyError, TypeError):
+        return default
+
+
+def dead_log_dirs(root: str | None = None, grace: float = 0.0) -> list[Leftover]:
+    """Local worker log folders whose host process is dead, and that changed last more than ``grace``
+    seconds ago.  A folder's pid is alive only if that process started before the folder last
+    changed (so a reused pid does not keep it)."""
     found = []
+    now = time.time()
     for path in glob.glob(os.path.join(root or tempfile.gettempdir(), f"{LOG_DIR_PREFIX}*")):
         pid_text, dash, _ = os.path.basename(path)[len(LOG_DIR_PREFIX) :].partition("-")
         try:
@@ -173,9 +212,17 @@ def dead_log_dirs(root: str | None = None) -> list[Leftover]:
         if pid < 0:  # not named by pid (an older version's): not ours to judge
             continue
         started = process_started(pid)
-        if not process_alive(pid, 0) or (started and started > changed + 0.5):
+        if (not process_alive(pid, 0) or (started and started > changed + 0.5)) and now - _last_change(path, changed) >= grace:
             found.append(Leftover("logs", path, f"its host (pid {pid}) is dead"))
     return found
+
+
+def _last_change(folder: str, changed: float) -> float:
+    """When a log folder or a file in it last changed (a worker's log grows without touching its folder)."""
+    try:
+        return max([changed, *(entry.stat().st_mtime for entry in os.scandir(folder))])
+    except OSError:  # gone meanwhile
+        return changed
 
 
 def find_leftovers(storage: Storage, prefix: str, older_than: float | None = None) -> list[Leftover]:

@@ -1,5 +1,7 @@
-"""No orphans: a host killed mid-map leaves nothing behind once the next executor starts (or
-``dask-wren clean`` runs); jobs of live hosts and of other machines are never touched."""
+"""No orphans: a host killed mid-map leaves nothing behind once the next executor starts after
+``wren.dead-host-grace`` (or ``dask-wren clean`` runs); jobs of live hosts and of other machines are
+never touched.  (The grace itself, which keeps a dead host's job for ``dask_wren.attach``, is
+tested in test_attach.py.)"""
 
 import glob
 import json
@@ -74,7 +76,7 @@ def test_a_killed_hosts_leftovers_go_at_the_next_executor_start(tmp_path):
     storage, job_id, logs, workers = killed_host(tmp_path)
     wait_until(lambda: not any(alive(p) for p in workers), 5, "workers outlived their host")
     assert job_objects(storage, job_id) and host_records(storage)  # (any process's sweep may take the logs)
-    with dask_wren.local_executor(storage_dir=storage.root, workers=1):
+    with dask_wren.local_executor(storage_dir=storage.root, workers=1, dead_host_grace=0):  # the job is past its grace
         wait_until(lambda: not job_objects(storage, job_id) and not os.path.exists(logs), 30, "leftovers not swept")
     assert host_records(storage) == []
     assert not os.path.exists(os.path.join(storage.root, "dask-wren", job_id))
