@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import dask.config
 
 import dask_wren
-from dask_wren import jobs, orphans
+from dask_wren import cost, jobs, orphans
 from dask_wren.config import Settings, make_storage
 from dask_wren.deploy import (
     MAX_TIMEOUT,
@@ -40,11 +40,6 @@ from dask_wren.signing import host_key
 from lambda_worker import protocol
 from lambda_worker.signing import SigningKey
 from lambda_worker.storage import Storage, StorageError
-
-try:
-    from dask_wren import cost
-except ImportError:  # the cost part of issue #10 has not landed yet: costs show as "-"
-    cost = None
 
 _Options = TypeVar("_Options", DeployOptions, DestroyOptions)
 
@@ -171,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         "host is gone can be drawn. Needs the job's objects (run it with wren.cleanup false) and, to verify its "
         "records, the host's signing key.",
     )
-    p.add_argument("job", help="the job id (future.job_id)")
+    p.add_argument("job", help="the job id (future.job_id), or its first characters")
     p.add_argument("-o", "--output", type=Path, help="image file, its format from the extension: .png, .svg, .pdf (default: JOB.png)")
     p.add_argument("--config-file", type=Path, help="read the settings from this file too")
     return parser
@@ -394,29 +389,27 @@ def _local(job: jobs.JobSummary) -> bool:
     return (job.manifest or {}).get("backend", "local") != "aws"
 
 
-def _prices(settings: Settings) -> cost.Prices | None:
-    return cost.Prices.load(settings) if cost is not None else None
-
-
-def _cost(job: jobs.Job, prices: cost.Prices | None) -> cost.CostSummary | None:
-    if prices is None:
-        return None
+def _cost(job: jobs.Job, prices: cost.Prices) -> cost.CostSummary | str:
+    """The job's cost, or why it has none (a region the price table lacks)."""
     manifest = job.manifest or {}
-    return cost.summarize(
-        job.headers(), host_requests=manifest.get("host_requests"), prices=prices,
-        local=_local(job), memory_mb=manifest.get("memory_mb"),
-    )
+    try:
+        return cost.summarize(
+            job.headers(), host_requests=manifest.get("host_requests"), prices=prices,
+            local=_local(job), memory_mb=manifest.get("memory_mb"),
+        )
+    except ConfigError as e:
+        return f"not priced: {e}"
 
 
-def _money(summary: cost.CostSummary | None) -> str:
-    return "-" if summary is None else f"${summary.total:.4f}"
+def _money(summary: cost.CostSummary | str) -> str:
+    return "-" if isinstance(summary, str) else cost.money(summary.total)
 
 
-def _job_dict(job: jobs.Job, summary: cost.CostSummary | None) -> dict[str, Any]:
+def _job_dict(job: jobs.Job, summary: cost.CostSummary | str) -> dict[str, Any]:
     return {
         "job_id": job.job_id, "submitted": job.submitted, "calls": job.calls, "done": job.done, "failed": job.failed,
         "pending": job.missing, "unverified": job.unverifiable, "objects": job.objects, "bytes": job.bytes,
-        "host": job.host, "host_alive": job.host_alive, "cost": summary.as_dict() if summary else None, "manifest": job.manifest,
+        "host": job.host, "host_alive": job.host_alive, "cost": summary if isinstance(summary, str) else summary.as_dict(), "manifest": job.manifest,
     }
 
 
@@ -425,7 +418,7 @@ def run_jobs(*, as_json: bool = False, config_file: Path | None = None) -> int:
     settings, storage = _store(config_file)
     key = _signing_key(settings)
     found = jobs.list_jobs(storage, settings.prefix, key, headers=True)
-    prices = _prices(settings)
+    prices = cost.Prices.load(settings)
     costs = {job.job_id: _cost(job, prices) for job in found}
     if as_json:
         print(json.dumps([_job_dict(job, costs[job.job_id]) for job in found], indent=2, default=str))
@@ -434,7 +427,7 @@ def run_jobs(*, as_json: bool = False, config_file: Path | None = None) -> int:
         rows = [
             [
                 job.job_id, _when(job.submitted), str(job.calls), str(job.done), str(job.failed), str(job.missing),
-                _size(job.bytes), _money(costs[job.job_id]) + ("*" if _local(job) and prices else ""),
+                _size(job.bytes), _money(costs[job.job_id]) + ("*" if _local(job) else ""),
                 _host_state(job), (job.manifest or {}).get("function", "?"),
             ]
             for job in found
@@ -445,8 +438,11 @@ def run_jobs(*, as_json: bool = False, config_file: Path | None = None) -> int:
         print(f"job {job.job_id}: {job.unverifiable} call(s) have records that do not verify (not counted)")
     if unverified:
         print(f"  ({_UNVERIFIED_HINT}, with `dask-wren job JOB`)")
-    if prices and any(_local(j) for j in found):
+    if any(_local(j) for j in found):
         print("* a local job: what it would cost on Lambda")
+    for job in found:
+        if isinstance(costs[job.job_id], str):
+            print(f"job {job.job_id}: {costs[job.job_id]}")
     if any(j.manifest is None for j in found):
         print("a job without a manifest (older version, or its host died first) shows what its records tell")
     print(f"{len(found)} job(s) in {_where(settings, storage)}; executors delete their jobs at shutdown unless "
@@ -467,14 +463,22 @@ def _headers(job: jobs.Job, unverified: bool) -> list[tuple[dict[str, Any], bool
     return sorted(found, key=lambda item: (item[0].get("call_id", ""), item[0].get("attempt", 0)))
 
 
-def _error_line(header: dict[str, Any]) -> str:
-    """``ok``, or the status, the failure's kind (unless the function raised) and its error."""
+def _error_lines(header: dict[str, Any]) -> list[str]:
+    """``ok``, or the status, the failure's kind (unless the function raised) and its error (a
+    message can span lines: a dead worker's quotes the end of its output)."""
     if header.get("status") == protocol.STATUS_OK:
-        return "ok"
+        return ["ok"]
     error = header.get("error") or {}
     kind = f" ({error['kind']})" if error.get("kind") not in (None, "exception") else ""
     what = f"{error['type']}: " if error.get("type") else ""
-    return _clean_text(f"{header.get('status')}{kind}: {what}{error.get('message', '')}")
+    return _clean_text(f"{header.get('status')}{kind}: {what}{error.get('message', '')}").splitlines() or ["?"]
+
+
+def _print_attempt(header: dict[str, Any], unverified: bool, note: str = "", indent: str = "") -> None:
+    first, *more = _error_lines(header)
+    print(f"{indent}{_attempt_label(header, unverified)}{note}: {first}")
+    for line in more:
+        print(f"{indent}    | {line}")
 
 
 def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, config_file: Path | None = None) -> int:
@@ -482,7 +486,7 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
     settings, storage = _store(config_file)
     key = _signing_key(settings)
     job = jobs.load_job(storage, settings.prefix, _find_job(settings, storage, job_text), key, unchecked=unverified)
-    summary = _cost(job, _prices(settings))
+    summary = _cost(job, cost.Prices.load(settings))
     timings = job.timings()
     failures = [(h, bad) for h, bad in _headers(job, unverified) if h.get("status") != protocol.STATUS_OK]
     bad_records = [b for bs in job.unverified.values() for b in bs]
@@ -519,14 +523,15 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
     ]
     print("\n".join(f"{k:<16}{v}" for k, v in rows))
     print("\ncost" + (" (what it would cost on Lambda)" if _local(job) else ""))
-    print("\n".join(f"  {line}" for line in str(summary if summary else "not available: dask_wren.cost is missing").splitlines()))
+    print("\n".join(f"  {line}" for line in str(summary).splitlines()))
     if failures:
         calls = {h.get("call_id") for h, _ in failures}
         print(f"\nfailures ({len(failures)} attempt(s) of {len(calls)} call(s))")
         for header, bad in failures:
-            final = job.final(header.get("call_id", ""))
-            retried = " (retried: the call then succeeded)" if final and final.get("status") == protocol.STATUS_OK else ""
-            print(f"  {_attempt_label(header, bad)}: {_error_line(header)}{retried}")
+            final = job.final(header.get("call_id", "")) or {}
+            later = final.get("status") == protocol.STATUS_OK and final.get("attempt", 0) > header.get("attempt", 0)
+            retried = f" (retried: attempt {final['attempt']} succeeded)" if later else ""
+            _print_attempt(header, bad, retried, indent="  ")
             tb = [line for line in str((header.get("error") or {}).get("traceback") or "").splitlines() if line.strip()]
             for line in tb[-_TRACEBACK_LINES:]:
                 print(f"      {_clean_text(line)}")
@@ -582,7 +587,7 @@ def run_logs(job_text: str, call: str | None = None, *, unverified: bool = False
             raise DeployError(f"call {call!r} of job {job.job_id} has no record: its calls are 000000 to "
                               f"{protocol.call_id_for(max(job.calls - 1, 0))}, {len(job.records)} of them recorded")
     for header, bad in found:
-        print(f"{_attempt_label(header, bad)}: {_error_line(header)} (request {header.get('request_id', '?')})")
+        _print_attempt(header, bad, f" (request {header.get('request_id', '?')})")
         for stream in ("stdout", "stderr"):
             text = header.get(stream) or ""
             lines = _tail(text, None if call is not None else _TAIL_LINES)
@@ -594,7 +599,7 @@ def run_logs(job_text: str, call: str | None = None, *, unverified: bool = False
             earlier = f" ({dropped} earlier characters not kept)" if dropped else ""
             print(f"  --- {stream}{more}{earlier}" + (" (empty)" if not lines else ""))
             for line in lines:
-                print(f"  {line}")
+                print(f"    {line}")
         if call is not None:
             print("\n".join(f"  {line}" for line in _log_location(header, region)))
     if call is None:
@@ -639,15 +644,14 @@ def run_clean(*, older_than: float | None = None, yes: bool = False, config_file
 # -- dask-wren plot ----------------------------------------------------------------------------
 
 
-def run_plot(job_id: str, *, output: Path | None = None, config_file: Path | None = None) -> int:
-    """Save the timeline of ``job_id`` (read from the configured store alone) to ``output``."""
-    settings = flatten_settings(read_yaml(Path(config_file).expanduser())) if config_file else {}
-    with dask.config.set(settings):
-        config = Settings.from_config()
+def run_plot(job_text: str, *, output: Path | None = None, config_file: Path | None = None) -> int:
+    """Save the timeline of a job (read from the configured store alone) to ``output``."""
+    settings, storage = _store(config_file)
+    job_id = _find_job(settings, storage, job_text)
     output = output or Path(f"{job_id}.png")
     try:
-        dask_wren.plot(job_id, output, settings=config)
-    except (dask_wren.WrenError, ImportError) as e:  # no such job, no key, records that do not verify, no matplotlib
+        dask_wren.plot(job_id, output, storage=storage, settings=settings)
+    except (dask_wren.WrenError, ImportError) as e:  # no key, records that do not verify, no matplotlib
         print(f"dask-wren: error: {e}", file=sys.stderr)
         return 1
     print(f"timeline of job {job_id} saved to {output}")
