@@ -32,6 +32,7 @@ __all__ = ["Row", "draw", "plot", "rows"]
 
 logger = logging.getLogger("dask_wren")
 
+_COLD = "tab:purple"  # a cold start's marker and the line that led to it
 #: Said in every figure: on AWS each worker's clock is its own, so host-to-worker gaps are approximate.
 CLOCK_NOTE = (
     "Seconds since the first submission. Host times (submitted, result seen) and worker times come from "
@@ -116,6 +117,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     a histogram of the function's durations.  Artists carry gids (``waiting``, ``setup``, ``function``,
     ``cold``, ``failed``, ``seen``, ``running``, ``durations``) so their content can be checked."""
     figure_class = _matplotlib_figure()
+    from matplotlib.lines import Line2D
     known = [r.submitted for r in call_rows if r.submitted is not None] or [
         r.started for r in call_rows if r.started is not None
     ]
@@ -131,7 +133,8 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     waiting = [r for r in call_rows if r.submitted is not None and r.started is not None]
     timeline.hlines(
         [y[r.call_id] for r in waiting], rel(r.submitted for r in waiting), rel(r.started for r in waiting),
-        color="0.75", lw=1, label="submitted to started (queue, cold start)", gid="waiting",
+        colors=[_COLD if r.cold else "0.75" for r in waiting], lw=1,
+        label="submitted to started (queue; purple: a cold start)", gid="waiting",
     )
     setup = [r for r in call_rows if r.started is not None and r.setup_done is not None]
     timeline.hlines(
@@ -146,7 +149,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     )
     cold = [r for r in call_rows if r.cold and r.started is not None]
     timeline.scatter(
-        rel(r.started for r in cold), [y[r.call_id] for r in cold], marker=">", s=14, color="tab:purple",
+        rel(r.started for r in cold), [y[r.call_id] for r in cold], marker=">", s=24, color=_COLD,
         zorder=3, label=f"cold start ({len(cold)})", gid="cold",
     )
     failed = [r for r in call_rows if r.status not in (None, STATUS_OK) and (r.result_seen or r.result_written)]
@@ -162,7 +165,9 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
         )
     timeline.set_ylim(len(call_rows) - 0.5, -0.5)
     timeline.set_ylabel("call")
-    timeline.legend(loc="upper right", fontsize="small")
+    handles, labels = timeline.get_legend_handles_labels()  # the waiting lines' entry in grey, not a cold one's colour
+    handles = [Line2D([], [], color="0.75", lw=1) if h.get_gid() == "waiting" else h for h in handles]
+    timeline.legend(handles, labels, loc="upper right", fontsize="small")
     timeline.set_title(title)
 
     times, counts = _running([(r.call_start, r.call_end) for r in ran])  # type: ignore[misc]
@@ -207,7 +212,7 @@ def _load(job_id: str, storage: Storage | None, settings: Settings | None) -> jo
     if job.unverified and not job.records:
         reason = next(iter(job.unverified.values()))[0].reason
         raise IntegrityError(
-            f"none of job {job_id!r}'s records verifies ({reason}): nothing to draw. A local job's key lives "
+            f"no record of job {job_id!r} verifies ({reason}): nothing to draw. A local job's key lives "
             f"as long as its host process unless $DASK_WREN_SIGNING_KEY is set; an AWS job needs the "
             f"deployment's wren.aws.signing-key"
         )
