@@ -163,3 +163,31 @@ def test_a_lambda_records_log_location_is_its_cloudwatch_stream():
         "aws", "logs", "tail", "/aws/lambda/dask-wren", "--log-stream-names", "'2026/12/02/[$LATEST]0123abcd'",
         "--since", "1d", "--region", "eu-west-1",
     ]
+
+
+def say(i):
+    print(f"hello from lambda call {i}")
+    return i
+
+
+def test_an_aws_job_through_the_standin(standin, capsys):
+    """The manifest names the function and region; the record, where its invocation logged."""
+    standin.ensure_bucket()
+    with dask.config.set(standin.dask_config):
+        with dask_wren.default_executor(cleanup=False) as ex:
+            futures = ex.map(say, range(2))
+            assert dask_wren.get_all_results(futures) == [0, 1]
+        job_id = futures[0].job_id
+        try:
+            assert cli.main(["jobs"]) == 0
+            (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(job_id)]
+            (price,) = [cell for cell in row.split() if cell.startswith("$")]
+            assert row.split()[3:7] == ["2", "2", "0", "0"] and not price.endswith("*")  # priced as Lambda, not "would cost"
+            assert cli.main(["job", job_id]) == 0
+            out = capsys.readouterr().out
+            assert f"backend         aws, {standin.function_name}, {standin.region}" in out
+            assert cli.main(["logs", job_id, "1"]) == 0
+            out = capsys.readouterr().out
+            assert "    hello from lambda call 1\n" in out and "full log: " in out  # the stand-in's worker logs to a file
+        finally:
+            ex.storage.delete_prefix(protocol.job_prefix(ex.settings.prefix, job_id))
