@@ -11,6 +11,8 @@ pyplot, so drawing many jobs keeps no figures alive in pyplot's registry.
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -102,6 +104,7 @@ def _running(spans: list[tuple[float, float]]) -> tuple[list[float], list[int]]:
     return times, counts
 
 
+@functools.cache
 def _matplotlib_figure() -> type[Figure]:
     try:
         from matplotlib.figure import Figure
@@ -109,7 +112,17 @@ def _matplotlib_figure() -> type[Figure]:
         raise ImportError(
             "dask_wren.plot needs matplotlib, an optional dependency: pip install 'dask-wren[plot]'"
         ) from None
-    return Figure
+
+    class TimelineFigure(Figure):
+        """A figure made without pyplot that still shows itself in a notebook: IPython asks it for a PNG
+        (a pyplot figure would be shown a second time when the cell ends)."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return TimelineFigure
 
 
 def draw(call_rows: list[Row], title: str = "") -> Figure:

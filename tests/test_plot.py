@@ -113,6 +113,13 @@ def test_rows_without_records_and_failures():
     assert max(running.get_ydata()) == 2
 
 
+def test_the_figure_shows_itself_in_notebooks_without_pyplot():
+    """IPython displays an object's ``_repr_png_``; the figure is not in pyplot's registry, so nothing
+    else shows it again when the cell ends."""
+    fig = draw([Row("000000", 0.0, 0.1, 0.2, 0.2, 0.5, 0.6, None, cold=True, status="ok")])
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_without_matplotlib_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"pip install 'dask-wren\[plot\]'"):
