@@ -104,14 +104,19 @@ def _running(spans: list[tuple[float, float]]) -> tuple[list[float], list[int]]:
     return times, counts
 
 
-@functools.cache
 def _matplotlib_figure() -> type[Figure]:
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise ImportError(
             "dask_wren.plot needs matplotlib, an optional dependency: pip install 'dask-wren[plot]'"
         ) from None
+    return _figure_class()
+
+
+@functools.cache
+def _figure_class() -> type[Figure]:
+    from matplotlib.figure import Figure
 
     class TimelineFigure(Figure):
         """A figure made without pyplot that still shows itself in a notebook: IPython asks it for a PNG
