@@ -298,6 +298,9 @@ def run_test(
 # are verified with this process's signing key; one that does not verify is reported, never
 # unpickled, and its JSON is shown only with --unverified, marked as such.
 
+_TRACEBACK_LINES = 4  # of each failed attempt, in `dask-wren job`
+_FAILURES_SHOWN = 20  # failed attempts listed in full by `dask-wren job` (--json: all)
+_TAIL_LINES = 3  # per stream and call, in `dask-wren logs JOB` without CALL
 _UNVERIFIED_HINT = (
     "the local backend's signing key lives with its host process unless DASK_WREN_SIGNING_KEY is set in the host's "
     "environment; on AWS the key is wren.aws.signing-key (the settings file `dask-wren deploy` wrote). "
@@ -527,7 +530,7 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
     if failures:
         calls = {h.get("call_id") for h, _ in failures}
         print(f"\nfailures ({len(failures)} attempt(s) of {len(calls)} call(s))")
-        for header, bad in failures:
+        for header, bad in failures[:_FAILURES_SHOWN]:
             final = job.final(header.get("call_id", "")) or {}
             later = final.get("status") == protocol.STATUS_OK and final.get("attempt", 0) > header.get("attempt", 0)
             retried = f" (retried: attempt {final['attempt']} succeeded)" if later else ""
@@ -535,16 +538,16 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
             tb = [line for line in str((header.get("error") or {}).get("traceback") or "").splitlines() if line.strip()]
             for line in tb[-_TRACEBACK_LINES:]:
                 print(f"      {_clean_text(line)}")
+        if len(failures) > _FAILURES_SHOWN:
+            print(f"  ... and {len(failures) - _FAILURES_SHOWN} more failed attempt(s): --json lists them all")
     if bad_records:
         print(f"\nrecords that do not verify ({len(bad_records)}; never unpickled{', shown above as UNVERIFIED' if unverified else ''})")
-        for b in bad_records:
+        for b in bad_records[:_FAILURES_SHOWN]:
             print(f"  call {b.call_id} attempt {b.attempt}: {b.reason}" + (f"; the job was signed with key id {m['key_id']}" if m.get("key_id") else ""))
+        if len(bad_records) > _FAILURES_SHOWN:
+            print(f"  ... and {len(bad_records) - _FAILURES_SHOWN} more: --json lists them all")
         print(f"  ({_UNVERIFIED_HINT})")
     return 0
-
-
-_TRACEBACK_LINES = 4
-_TAIL_LINES = 3  # per stream and call, without CALL
 
 
 def _log_location(header: dict[str, Any], region: str | None) -> list[str]:
