@@ -135,3 +135,22 @@ def test_rows_of_a_stored_job_and_of_its_futures_agree(job):
                    for r in live]
     assert [(r.call_id, r.started, r.setup_done, r.call_start, r.call_end, r.result_written, r.cold, r.status)
             for r in stored] == worker_side
+
+
+def test_plot_of_an_aws_job_id_reads_s3_alone(standin):
+    """Through the stand-in: records in S3, verified with the deployment's key (wren.aws.signing-key)."""
+    settings = dict(standin.ensure_bucket().settings_overrides, cleanup=False)
+    with dask_wren.default_executor(timeout=60, **settings) as ex:
+        futures = ex.map(abs, range(-4, 0))
+        dask_wren.get_all_results(futures)
+    config = Settings.from_config(**settings)
+    storage = make_storage(config)
+    try:
+        fig = plot(futures[0].job_id, settings=config)
+    finally:  # the stand-in's bucket is shared by the session's tests
+        storage.delete_prefix(f"{config.prefix}/{futures[0].job_id}/")
+    (function,) = artists(fig, "function")
+    assert len(function.get_segments()) == len(futures)
+    (cold,) = artists(fig, "cold")
+    assert len(cold.get_offsets()) == sum(bool(f.stats["worker_cold"]) for f in futures)
+    assert "aws" in fig.axes[0].get_title()
