@@ -477,9 +477,14 @@ def _error_lines(header: dict[str, Any]) -> list[str]:
     return _clean_text(f"{header.get('status')}{kind}: {what}{error.get('message', '')}").splitlines() or ["?"]
 
 
-def _print_attempt(header: dict[str, Any], unverified: bool, note: str = "", indent: str = "") -> None:
+def _print_attempt(header: dict[str, Any], unverified: bool, note: str = "", indent: str = "", lines: int | None = None) -> None:
+    """An attempt's outcome; of a message's further lines (a dead worker's output), the last ``lines``."""
     first, *more = _error_lines(header)
     print(f"{indent}{_attempt_label(header, unverified)}{note}: {first}")
+    if lines is not None and len(more) > lines:
+        print(f"{indent}    | ({len(more) - lines} lines before; `dask-wren logs {header.get('job_id', 'JOB')} "
+              f"{header.get('call_id', 'CALL')}` shows all)")
+        more = more[-lines:]
     for line in more:
         print(f"{indent}    | {line}")
 
@@ -534,7 +539,7 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
             final = job.final(header.get("call_id", "")) or {}
             later = final.get("status") == protocol.STATUS_OK and final.get("attempt", 0) > header.get("attempt", 0)
             retried = f" (retried: attempt {final['attempt']} succeeded)" if later else ""
-            _print_attempt(header, bad, retried, indent="  ")
+            _print_attempt(header, bad, retried, indent="  ", lines=_TRACEBACK_LINES)
             tb = [line for line in str((header.get("error") or {}).get("traceback") or "").splitlines() if line.strip()]
             for line in tb[-_TRACEBACK_LINES:]:
                 print(f"      {_clean_text(line)}")
@@ -542,10 +547,12 @@ def run_job(job_text: str, *, as_json: bool = False, unverified: bool = False, c
             print(f"  ... and {len(failures) - _FAILURES_SHOWN} more failed attempt(s): --json lists them all")
     if bad_records:
         print(f"\nrecords that do not verify ({len(bad_records)}; never unpickled{', shown above as UNVERIFIED' if unverified else ''})")
-        for b in bad_records[:_FAILURES_SHOWN]:
-            print(f"  call {b.call_id} attempt {b.attempt}: {b.reason}" + (f"; the job was signed with key id {m['key_id']}" if m.get("key_id") else ""))
-        if len(bad_records) > _FAILURES_SHOWN:
-            print(f"  ... and {len(bad_records) - _FAILURES_SHOWN} more: --json lists them all")
+        reasons: dict[str, list[str]] = {}
+        for b in bad_records:
+            reasons.setdefault(b.reason, []).append(f"{b.call_id}" + (f".{b.attempt}" if b.attempt else ""))
+        for reason, where in reasons.items():
+            calls = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+            print(f"  {len(where)} record(s) (call {calls}): {reason}" + (f"; the job was signed with key id {m['key_id']}" if m.get("key_id") else ""))
         print(f"  ({_UNVERIFIED_HINT})")
     return 0
 
@@ -590,7 +597,7 @@ def run_logs(job_text: str, call: str | None = None, *, unverified: bool = False
             raise DeployError(f"call {call!r} of job {job.job_id} has no record: its calls are 000000 to "
                               f"{protocol.call_id_for(max(job.calls - 1, 0))}, {len(job.records)} of them recorded")
     for header, bad in found:
-        _print_attempt(header, bad, f" (request {header.get('request_id', '?')})")
+        _print_attempt(header, bad, f" (request {header.get('request_id', '?')})", lines=None if call is not None else _TAIL_LINES)
         for stream in ("stdout", "stderr"):
             text = header.get(stream) or ""
             lines = _tail(text, None if call is not None else _TAIL_LINES)

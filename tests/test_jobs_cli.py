@@ -132,7 +132,7 @@ def test_a_record_that_does_not_verify_is_reported_never_unpickled(finished_job,
     LocalStorage(copy).put(forged, protocol.encode_result(header, b"not a pickle", key=SigningKey.generate(), storage_key=forged))
     code, out, _ = run(capsys, copy, "job", job_id)
     assert code == 0 and "forged" not in out
-    assert "call 000000 attempt 1: does not verify with this process's signing key" in out
+    assert "1 record(s) (call 000000.1): does not verify with this process's signing key" in out
     code, out, _ = run(capsys, copy, "job", job_id, "--unverified")
     assert "UNVERIFIED call 000000 attempt 1: error: forged" in out
 
