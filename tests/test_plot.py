@@ -147,8 +147,10 @@ def test_plot_of_an_aws_job_id_reads_s3_alone(standin):
     storage = make_storage(config)
     try:
         fig = plot(futures[0].job_id, settings=config)
-    finally:  # the stand-in's bucket is shared by the session's tests
+    finally:  # the stand-in's bucket is shared by the session's tests: remove the job and its host record
         storage.delete_prefix(f"{config.prefix}/{futures[0].job_id}/")
+        executor_id = futures[0].job_id.split("-")[0]
+        storage.delete([k for k, _ in storage.list(f"{config.prefix}/hosts/") if k.endswith(f"-{executor_id}.json")])
     (function,) = artists(fig, "function")
     assert len(function.get_segments()) == len(futures)
     (cold,) = artists(fig, "cold")
