@@ -251,7 +251,8 @@ class _Judge:
             except cf.InvalidStateError:  # cancelled meanwhile
                 continue
             lost.append(future)
-        logger.warning("dask-wren: job %s: %d call(s) lost (%s)", self.job_id, len(lost), self.where)
+        if lost:
+            logger.warning("dask-wren: job %s: %d call(s) lost (its host: %s)", self.job_id, len(lost), self.where)
         return lost
 
     def _cancelled(self) -> str | set[str] | None:

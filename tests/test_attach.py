@@ -11,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import wait_for_path
+from conftest import wait_until
 
 import dask_wren
 from dask_wren import orphans
@@ -49,7 +49,23 @@ def start_host(settings, where, n, chunksize=1, first_free=0):
     """A host process that maps ``gated`` over ``range(n)``; its first line is the job id."""
     local_key()  # the host inherits this process's key (a local host's key dies with it otherwise)
     args = json.dumps([settings, str(where), n, chunksize, first_free])
-    return subprocess.Popen([sys.executable, "-c", _HOST, args], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", _HOST, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def job_of(host):
+    """The job id the host prints once its first calls are in."""
+    line = host.stdout.readline()
+    if not line:
+        raise AssertionError(f"the host ended ({host.wait()}): {host.stderr.read()}")
+    return json.loads(line)
+
+
+def running(host, *paths):
+    """Wait until the calls behind ``paths`` run; fail with the host's stderr if it ended first."""
+    for path in paths:
+        wait_until(lambda p=path: p.exists() or host.poll() is not None, 30, f"{path.name} did not appear")
+        if host.poll() is not None:
+            raise AssertionError(f"the host ended ({host.returncode}): {host.stderr.read()}")
 
 
 def job_objects(storage, job_id):
@@ -62,9 +78,8 @@ def test_attach_after_the_host_was_killed_gets_every_result_through_the_standin(
     settings = dict(standin.settings_overrides, timeout=60)
     host = start_host(settings, tmp_path, 8, chunksize=4)
     try:
-        job_id = json.loads(host.stdout.readline())
-        wait_for_path(tmp_path / "started-0")
-        wait_for_path(tmp_path / "started-4")
+        job_id = job_of(host)
+        running(host, tmp_path / "started-0", tmp_path / "started-4")
     finally:
         host.kill()
         host.wait()
@@ -86,8 +101,8 @@ def test_attach_to_a_killed_local_host_gives_its_results_and_names_the_lost_call
     settings = {"storage_dir": store, "workers": 2, "backups": False}
     host = start_host(settings, tmp_path, 6, first_free=2)
     try:
-        job_id = json.loads(host.stdout.readline())
-        wait_for_path(tmp_path / "started-2")
+        job_id = job_of(host)
+        running(host, tmp_path / "started-2")
     finally:
         host.kill()
         host.wait()
@@ -112,13 +127,14 @@ def test_attach_to_a_finished_job_and_the_attempts_its_records_show(tmp_path):
     with dask_wren.local_executor(storage_dir=store, workers=1, cleanup=False) as ex:
         futures = ex.map(int, ["1", "2", "x"])
         dask_wren.wait(futures)
+    attached = dask_wren.attach(futures[0].job_id, storage_dir=store, workers=1)  # an executor of its own
+    dask_wren.wait(attached, timeout=30)
+    assert [f.result() for f in attached[:2]] == [1, 2]
+    with pytest.raises(ValueError, match="invalid literal"):
+        attached[2].result()
     with dask_wren.local_executor(storage_dir=store, workers=1) as other:
-        attached = dask_wren.attach(futures[0].job_id, executor=other)
-        dask_wren.wait(attached, timeout=30)
-        assert [f.result() for f in attached[:2]] == [1, 2]
-        with pytest.raises(ValueError, match="invalid literal"):
-            attached[2].result()
-    assert job_objects(ex.storage, futures[0].job_id)
+        assert dask_wren.get_all_results(dask_wren.attach(futures[0].job_id, executor=other)[:2], timeout=30) == [1, 2]
+    assert job_objects(ex.storage, futures[0].job_id)  # its host (this process) runs: its objects stay
 
 
 def _record(storage, key, job_id, call_id, attempt, value=None, error=None, written=None):
