@@ -230,16 +230,12 @@ def _record_keys(prefix: str, job_id: str, listing: Iterable[tuple[str, int]]) -
 def _load(storage, prefix, job_id, listing, hosts, key, unchecked) -> Job:
     summary = _summary(storage, prefix, job_id, listing, hosts)
     job = Job(**vars(summary))
-    keys = _record_keys(prefix, job_id, listing)
+    keys = sorted(_record_keys(prefix, job_id, listing), key=protocol.parse_result_key)  # call, then attempt order
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, max(1, len(keys)))) as pool:
         read = list(pool.map(lambda k: _read_header(storage, k, key, unchecked), keys))
-    found: list[tuple[str, int, dict[str, Any] | BadRecord]] = []
-    for k, header in zip(keys, read, strict=True):
-        call_id, attempt = protocol.parse_result_key(k)
-        found.append((call_id, attempt, header))
-    for call_id, attempt, header in sorted(found, key=lambda f: (f[0], f[1])):
+    for record_key, header in zip(keys, read, strict=True):
+        call_id = protocol.parse_result_key(record_key)[0]
         if isinstance(header, BadRecord):
-            header.call_id, header.attempt = call_id, attempt
             job.unverified.setdefault(call_id, []).append(header)
         else:
             job.records.setdefault(call_id, []).append(header)
@@ -248,6 +244,7 @@ def _load(storage, prefix, job_id, listing, hosts, key, unchecked) -> Job:
 
 def _read_header(storage: Storage, key: str, signing_key: SigningKey | None, unchecked: bool) -> dict[str, Any] | BadRecord:
     """A record's verified header (ranged reads of the header bytes only), or why it has none."""
+    call_id, attempt = protocol.parse_result_key(key)
     blob, end = b"", 0
     try:
         blob = storage.get_range(key, 0, protocol.HEADER_PROBE_BYTES)
@@ -256,9 +253,9 @@ def _read_header(storage: Storage, key: str, signing_key: SigningKey | None, unc
             blob = storage.get_range(key, 0, end)
         return protocol.decode_header(blob, key=signing_key, storage_key=key)[0]
     except KeyNotFound:
-        return BadRecord("", 0, key, "removed while it was being read")
+        return BadRecord(call_id, attempt, key, "removed while it was being read")
     except (IntegrityError, ValueError) as e:
-        bad = BadRecord("", 0, key, _reason(e, signing_key))
+        bad = BadRecord(call_id, attempt, key, _reason(e, signing_key))
         if unchecked and 0 < end <= len(blob):
             try:
                 bad.header = json.loads(blob[8 : end - MAC_BYTES])
