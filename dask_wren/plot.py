@@ -15,7 +15,7 @@ import functools
 import io
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +136,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     ``cold``, ``failed``, ``seen``, ``running``, ``durations``) so their content can be checked."""
     figure_class = _matplotlib_figure()
     from matplotlib.lines import Line2D
+
     known = [r.submitted for r in call_rows if r.submitted is not None] or [
         r.started for r in call_rows if r.started is not None
     ]
@@ -146,40 +147,42 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
 
     fig = figure_class(figsize=(10, 9), layout="constrained")
     timeline, running, hist = fig.subplots(3, 1, height_ratios=(4, 1.4, 1.4))
-    y = {r.call_id: i for i, r in enumerate(call_rows)}
+    def where(keep: Callable[[Row], Any]) -> tuple[list[int], list[Row]]:
+        """The line numbers and rows of the rows ``keep`` accepts (by position: call ids repeat across jobs)."""
+        picked = [(i, r) for i, r in enumerate(call_rows) if keep(r)]
+        return [i for i, _ in picked], [r for _, r in picked]
 
-    waiting = [r for r in call_rows if r.submitted is not None and r.started is not None]
+    ys, rs = where(lambda r: r.submitted is not None and r.started is not None)
     timeline.hlines(
-        [y[r.call_id] for r in waiting], rel(r.submitted for r in waiting), rel(r.started for r in waiting),
-        colors=[_COLD if r.cold else "0.75" for r in waiting], lw=1,
-        label="submitted to started (queue; purple: a cold start)", gid="waiting",
+        ys, rel(r.submitted for r in rs), rel(r.started for r in rs), colors=[_COLD if r.cold else "0.75" for r in rs],
+        lw=1, label="submitted to started (queue; purple: a cold start)", gid="waiting",
     )
-    setup = [r for r in call_rows if r.started is not None and r.setup_done is not None]
+    ys, rs = where(lambda r: r.started is not None and r.setup_done is not None)
     timeline.hlines(
-        [y[r.call_id] for r in setup], rel(r.started for r in setup), rel(r.setup_done for r in setup),
-        color="tab:green", lw=1.5, label="setup (function and argument loaded)", gid="setup",
+        ys, rel(r.started for r in rs), rel(r.setup_done for r in rs), color="tab:green", lw=1.5,
+        label="setup (function and argument loaded)", gid="setup",
     )
-    ran = [r for r in call_rows if r.call_start is not None and r.call_end is not None]
+    ys, ran = where(lambda r: r.call_start is not None and r.call_end is not None)
     timeline.hlines(
-        [y[r.call_id] for r in ran], rel(r.call_start for r in ran), rel(r.call_end for r in ran),
-        colors=["tab:blue" if r.status == STATUS_OK else "tab:red" for r in ran], lw=2,
-        label="function running", gid="function",
+        ys, rel(r.call_start for r in ran), rel(r.call_end for r in ran),
+        colors=["tab:blue" if r.status == STATUS_OK else "tab:red" for r in ran], lw=2, label="function running",
+        gid="function",
     )
-    cold = [r for r in call_rows if r.cold and r.started is not None]
+    ys, rs = where(lambda r: r.cold and r.started is not None)
     timeline.scatter(
-        rel(r.started for r in cold), [y[r.call_id] for r in cold], marker=">", s=24, color=_COLD,
-        zorder=3, label=f"cold start ({len(cold)})", gid="cold",
+        rel(r.started for r in rs), ys, marker=">", s=24, color=_COLD, zorder=3, label=f"cold start ({len(rs)})",
+        gid="cold",
     )
-    failed = [r for r in call_rows if r.status not in (None, STATUS_OK) and (r.result_seen or r.result_written)]
+    ys, rs = where(lambda r: r.status not in (None, STATUS_OK) and (r.result_seen or r.result_written))
     timeline.scatter(
-        rel(r.result_seen or r.result_written for r in failed), [y[r.call_id] for r in failed], marker="x", s=16,
-        color="tab:red", zorder=3, label=f"failed ({len(failed)})" if failed else "_failed", gid="failed",
+        rel(r.result_seen or r.result_written for r in rs), ys, marker="x", s=16, color="tab:red", zorder=3,
+        label=f"failed ({len(rs)})" if rs else "_failed", gid="failed",
     )
-    seen = [r for r in call_rows if r.result_seen is not None]
-    if seen:
+    ys, rs = where(lambda r: r.result_seen is not None)
+    if rs:
         timeline.scatter(
-            rel(r.result_seen for r in seen), [y[r.call_id] for r in seen], marker=".", s=4, color="k",
-            zorder=3, label="result seen by the host", gid="seen",
+            rel(r.result_seen for r in rs), ys, marker=".", s=4, color="k", zorder=3, label="result seen by the host",
+            gid="seen",
         )
     timeline.set_ylim(len(call_rows) - 0.5, -0.5)
     timeline.set_ylabel("call")

@@ -113,6 +113,14 @@ def test_rows_without_records_and_failures():
     assert max(running.get_ydata()) == 2
 
 
+def test_futures_of_two_jobs_get_a_line_each():
+    """Call ids repeat across jobs (each job's first call is 000000)."""
+    row = Row("000000", 0.0, 0.1, 0.2, 0.2, 0.5, 0.6, None, cold=False, status="ok")
+    fig = draw([row, row])
+    (function,) = artists(fig, "function")
+    assert sorted(s[0][1] for s in function.get_segments()) == [0, 1]
+
+
 def test_the_figure_shows_itself_in_notebooks_without_pyplot():
     """IPython displays an object's ``_repr_png_``; the figure is not in pyplot's registry, so nothing
     else shows it again when the cell ends."""
