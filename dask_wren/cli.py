@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dask-wren", description="Run Python functions and Dask graphs on AWS Lambda (the cloud button)."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{deploy,destroy,test,clean,plot}")
+    sub = parser.add_subparsers(dest="command", required=True)  # argparse lists the commands
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--function-name", help="Lambda function (default: wren.aws.function-name, 'dask-wren')")
@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "clean",
-        help="remove what dead hosts left: their jobs in storage, their local workers' logs",
+        help="list what dead hosts left (their jobs in storage, their local workers' logs); --yes removes it",
         description=(
             "Remove the jobs (under wren.storage.prefix) and local worker log folders of host processes on this "
             "machine that died (killed, crashed) before cleaning up, and jobs that no host claims. The next "
