@@ -2,8 +2,10 @@
 
 from dask_wren.attach import attach
 from dask_wren.config import Settings
+from dask_wren.cost import estimate
 from dask_wren.errors import (
     BackendError,
+    BudgetExceededError,
     ConfigError,
     IntegrityError,
     LostCallError,
@@ -39,6 +41,7 @@ __all__ = [
     "ALWAYS",
     "ANY_COMPLETED",
     "BackendError",
+    "BudgetExceededError",
     "Executor",
     "FIRST_COMPLETED",
     "IntegrityError",
@@ -56,6 +59,7 @@ __all__ = [
     "as_completed",
     "attach",
     "default_executor",
+    "estimate",
     "get_all_results",
     "lambda_executor",
     "local",

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_wren.backends import Invocation
+from dask_wren.budget import Budget
+from dask_wren.errors import BudgetExceededError
 from dask_wren.futures import WrenFuture
 from lambda_worker import protocol
 from lambda_worker.errors import IntegrityError
@@ -146,13 +148,18 @@ class Attempts:
     """Retries and backups for one executor's jobs (see the module docstring)."""
 
     def __init__(
-        self, invoke: Callable[[list[Invocation]], None], cancel: Callable[[str, WrenFuture], None], call_done: Callable[[str, str], None]
+        self, invoke: Callable[[list[Invocation]], None], cancel: Callable[[str, WrenFuture], None], call_done: Callable[[str, str], None],
+        *, on_header: Callable[[str, dict[str, Any]], None] | None = None, budget: Budget | None = None,
     ):
         """``invoke``: the backend's; ``cancel(request_id, future)``: stop an attempt of the future's
-        call that lost (backend and cancel marker); ``call_done``: the backend's."""
+        call that lost (backend and cancel marker); ``call_done``: the backend's; ``on_header(job_id,
+        header)``: each record's verified header (what it cost); ``budget``: gates later attempts too,
+        and the calls it refuses fail here."""
         self._invoke = invoke
         self._tell_cancel = cancel
         self._tell_done = call_done
+        self._on_header = on_header
+        self._budget = budget
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._calls: dict[tuple[str, str], _Call] = {}
@@ -227,6 +234,8 @@ class Attempts:
                 self._call_done(request_id, call_id)
             raise
         job_id, call_id = future.job_id, future.call_id
+        if self._on_header is not None:
+            self._on_header(job_id, header)
         ok = header.get("status") == protocol.STATUS_OK
         with self._lock:
             job = self._jobs.get(job_id)
@@ -254,6 +263,7 @@ class Attempts:
         Returns the futures this resolved (a refused invoke fails its call), for the monitor to report."""
         now = time.monotonic()
         launch: list[tuple[WrenFuture, str]] = []
+        unsent = self._fail_unsent() if self._budget is not None and self._budget.take_refusals() else []
         with self._lock:
             while self._due and self._due[0][0] <= now:
                 _, _, job_id, call_id = heapq.heappop(self._due)
@@ -267,7 +277,42 @@ class Attempts:
             if now >= self._next_backup_check:
                 self._next_backup_check = now + _BACKUP_CHECK_INTERVAL
                 launch.extend((f, "backup") for f in self._stragglers(now))
-        return [future for future, kind in launch if self._launch(future, kind)]
+        return unsent + [future for future, kind in launch if self._launch(future, kind)]
+
+    def _fail_unsent(self) -> list[WrenFuture]:
+        """The budget refused invocations: every call none of whose attempts was sent (or will be:
+        the budget is spent for good) fails with ``BudgetExceededError``.  A retry waiting out its
+        backoff is refused when it is due."""
+        unsent: list[WrenFuture] = []
+        with self._lock:
+            for job_id, job in list(self._jobs.items()):
+                for call_id in list(job.pending):
+                    call = self._calls.get((job_id, call_id))
+                    if call is None:
+                        sent = job.invocations[int(call_id) // job.chunksize].admit is None
+                    else:
+                        sent = call.due or any(a.invocation is None or a.invocation.admit is None for a in call.running())
+                    if sent:
+                        continue
+                    self._finished(job_id, job, call_id)
+                    if call is not None:
+                        for a in call.running():
+                            a.outcome = "not sent: over the budget"
+                        job.futures[int(call_id)].stats["attempts"] = [a.summary() for a in call.attempts]
+                        del self._calls[(job_id, call_id)]
+                    unsent.append(job.futures[int(call_id)])
+        if not unsent:
+            return []
+        error = BudgetExceededError(self._budget.message(len(unsent)))
+        logger.warning("dask-wren: %s", error)
+        failed = []
+        for future in unsent:
+            try:
+                future.set_exception(error)
+                failed.append(future)
+            except cf.InvalidStateError:  # cancelled meanwhile
+                continue
+        return failed
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -397,6 +442,8 @@ class Attempts:
             number = max(a.number for a in call.attempts) + 1
             event = dict(job.base, calls=[job.entries[int(call_id)]], attempt=number)
             inv = Invocation(f"{job_id}-{call_id}-a{number}", event, [call_id], job.timeout, attempt=number)
+            if self._budget is not None:
+                inv.admit = self._budget.admit
             call.attempts.append(_Attempt(number, kind, inv.request_id, None, inv))
             self.launched[kind] += 1
         if kind == "backup":

@@ -214,8 +214,9 @@ class CostSummary:
             ("S3 GET/SELECT", f"{self.s3_requests['get']:,} requests", self.s3_charges["get"]),
         ]
         width = max(len(r[1]) for r in rows)
-        lines = [title] + [f"  {name:<22} {what:<{width}}  {money(cost):>12}" for name, what, cost in rows]
-        lines.append(f"  {'total':<22} {'':<{width}}  {money(self.total):>12}")
+        decimals = max(_decimals(cost) for _, _, cost in rows)  # one column, its points aligned
+        lines = [title] + [f"  {name:<22} {what:<{width}}  {money(cost, decimals):>14}" for name, what, cost in rows]
+        lines.append(f"  {'total':<22} {'':<{width}}  {money(self.total, decimals):>14}")
         if self.unbilled:
             lines.append(f"  {self.unbilled:,} attempts carry no billing (their worker died or was lost): not priced")
         if p.get("estimate"):
@@ -227,12 +228,13 @@ class CostSummary:
         return "\n".join(lines)
 
 
-def money(dollars: float) -> str:
+def money(dollars: float, decimals: int | None = None) -> str:
     """Dollars with at least 3 significant digits (a job of a few calls costs millionths of a dollar)."""
-    if dollars == 0:
-        return "$0.00"
-    decimals = max(2, 2 - math.floor(math.log10(abs(dollars))))
-    return f"${dollars:,.{decimals}f}"
+    return f"${dollars:,.{_decimals(dollars) if decimals is None else decimals}f}"
+
+
+def _decimals(dollars: float) -> int:
+    return 2 if dollars == 0 else min(12, max(2, 2 - math.floor(math.log10(abs(dollars)))))
 
 
 def _names(values: list[Any]) -> str:

@@ -43,8 +43,10 @@ from typing import Any
 from dask_wren import orphans
 from dask_wren.attempts import Attempts, RetryPolicy
 from dask_wren.backends import Backend, Invocation, make_backend
+from dask_wren.budget import Budget
 from dask_wren.cancelling import CancelMarkers
 from dask_wren.config import Settings, make_storage
+from dask_wren.cost import CostSummary, Prices, Tally, price
 from dask_wren.futures import ALL_COMPLETED, WrenFuture, as_completed, get_all_results, wait
 from dask_wren.monitor import Monitor
 from dask_wren.progress import AUTO
@@ -87,7 +89,12 @@ class Executor:
             retries=settings.retries, backoff=settings.retry_backoff, backoff_max=settings.retry_backoff_max,
             backups=settings.backups, backup_factor=settings.backup_factor,
         )
-        self.attempts = Attempts(self.backend.invoke, self._stop_attempt, self.backend.call_done)
+        self._tallies: dict[str, Tally] = {}  # job id -> what its records billed, and the host's requests for it
+        self._prices: Prices | None = None
+        self._budget = self._make_budget()
+        self.attempts = Attempts(
+            self.backend.invoke, self._stop_attempt, self.backend.call_done, on_header=self._record_seen, budget=self._budget
+        )
         self.monitor = Monitor(
             self.storage, settings.poll_interval, settings.result_inline_limit, self.attempts, on_resolved=self._call_done
         )
@@ -260,7 +267,39 @@ class Executor:
         self.monitor.stop()
         self._finalizer()
 
+    def cost(self) -> CostSummary:
+        """What this executor's jobs cost so far (``dask_wren.cost``): the records the host has read
+        (every attempt's) and the host's own requests (submit PUTs, record GETs, LIST rounds).  On
+        the local backend: what they would cost on Lambda at ``wren.local.memory-mb``, in
+        ``wren.cost-region`` (default us-east-1).  ``str()`` of it is a small table."""
+        tally = Tally()
+        for job_tally in list(self._tallies.values()):
+            tally.merge(job_tally)
+        local = self.settings.backend == "local"
+        return price(tally, self._price_table(), local=local, memory_mb=self.settings.memory_mb if local else None)
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _price_table(self) -> Prices:
+        if self._prices is None:
+            self._prices = Prices.load(self.settings)
+        return self._prices
+
+    def _make_budget(self) -> Budget | None:
+        """``wren.budget``'s gate (``dask_wren.budget``), or None: no budget costs nothing."""
+        if self.settings.budget is None:
+            return None
+        prices = self._price_table()
+        region = None if self.settings.backend == "local" else (self.settings.aws_region or self.settings.region)
+        return Budget(self.settings.budget, prices, prices.rates(region, "x86_64").request, lambda: self.monitor.wake())
+
+    def _record_seen(self, job_id: str, header: dict[str, Any]) -> None:
+        """A record's verified header (monitor thread): what it billed counts for its job, and against the budget."""
+        tally = self._tallies.get(job_id)
+        if tally is not None:
+            tally.add(header)
+        if self._budget is not None:
+            self._budget.spend(header)
 
     def _new_job_id(self) -> str:
         if self._closed:
@@ -326,17 +365,17 @@ class Executor:
         """Forget the listener of a ``map_with_listener`` job."""
         self._job_listeners.pop(job_id, None)
 
-    def _adopt(self, job_id: str, calls: int, delete: bool) -> list[WrenFuture]:
+    def _adopt(self, job_id: str, calls: int, own: bool) -> list[WrenFuture]:
         """Futures for the calls of a job another host submitted (``dask_wren.attach``, which hands
         them to the monitor): waited for and cancelled as this executor's own (a cancel writes the
-        job's marker, which reaches running calls); with ``delete``, the job's objects go at this
-        executor's shutdown (``wren.cleanup``)."""
+        job's marker, which reaches running calls).  ``own`` (its host is not known to run): the
+        job is this executor's, stopped at its exit and deleted at its shutdown (``wren.cleanup``)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("this executor has been shut down; create a new one")
             if job_id in self._jobs or any(f.job_id == job_id for f in self._futures):
                 raise ValueError(f"job {job_id} is this executor's already")
-            if delete:
+            if own:
                 self._jobs.append(job_id)
         futures = [self._make_future(job_id, protocol.call_id_for(i)) for i in range(calls)]
         for f in futures:
@@ -426,9 +465,15 @@ class Executor:
                 stats["arg_bytes"] = ranges[i][1]
         policy = policy or self._policy
         self._write_manifest(job_id, func, submitted, len(items), chunksize, timeout, policy.retries, len(invocations), puts + 1)
+        tally = self._tallies[job_id] = Tally()
+        tally.add_host({"put": puts + 1})  # the manifest's PUT included
         self.attempts.register(job_id, base, entries, timeout, policy, futures, invocations, chunksize)
         try:
-            self.monitor.watch(prefix, job_id, {f.call_id: f for f in futures})
+            self.monitor.watch(prefix, job_id, {f.call_id: f for f in futures}, tally=tally)
+            if self._budget is not None:  # set only now: a call the budget refuses is watched already
+                for inv in invocations:
+                    inv.admit = self._budget.admit
+                self._budget.submitted()
             self.backend.invoke(invocations)
         except BaseException as e:  # refused (a preflight, a broken backend or monitor): no future may wait
             for f in futures:
@@ -487,7 +532,7 @@ def _check_env(extra_env: dict[str, str] | None) -> dict[str, str]:
 def _cleanup(
     storage: Storage, prefix: str, jobs: list[str], enabled: bool, cancels: CancelMarkers, host: orphans.HostRecord
 ) -> None:
-    cancels.cancel_waiting()  # calls still running as the executor goes (Ctrl-C, exit): stop them
+    cancels.cancel_waiting(jobs)  # calls still running as the executor goes (Ctrl-C, exit): stop them
     if not enabled:
         return
     for job_id in list(jobs):

@@ -55,6 +55,7 @@ class _Watched:
     low: int = 0  # every call id below this one has been seen: list only past it
     list_failures: int = 0  # consecutive rounds whose listing failed
     judge: Any = None  # an attached job's judge (``dask_wren.attach``); None: the executor's ``attempts``
+    tally: Any = None  # the job's ``cost.Tally``: the LISTs and GETs made for it are counted there
 
     def start_after(self) -> str | None:
         while protocol.call_id_for(self.low) in self.seen:
@@ -83,9 +84,9 @@ class Monitor:
         self._failure: errors.BackendError | None = None  # the thread died: no more watching
         self._thread: threading.Thread | None = None
 
-    def watch(self, prefix: str, job_id: str, futures: dict[str, WrenFuture], judge: Any = None) -> None:
+    def watch(self, prefix: str, job_id: str, futures: dict[str, WrenFuture], judge: Any = None, tally: Any = None) -> None:
         """Resolve ``futures`` (call id -> future) of job ``job_id`` under storage prefix ``prefix``
-        (``judge``: an attached job's, in place of ``attempts``)."""
+        (``judge``: an attached job's, in place of ``attempts``; ``tally``: counts the requests made for it)."""
         with self._lock:
             if self._failure is not None:
                 raise self._failure
@@ -93,7 +94,7 @@ class Monitor:
             if job is None:
                 self._jobs[job_id] = _Watched(
                     protocol.results_prefix(prefix, job_id), protocol.attempts_prefix(prefix, job_id), dict(futures),
-                    judge=judge,
+                    judge=judge, tally=tally,
                 )
             else:
                 job.futures.update(futures)
@@ -212,17 +213,21 @@ class Monitor:
     def _list(self, job_id: str, job: _Watched) -> list[tuple[str, str, int]] | None:
         """New records of the job: ``(key, name, size)``; None when listing failed."""
         found = []
+        lists = 1
         try:
             for key, size in self.storage.list(job.prefix, start_after=job.start_after()):
                 call_id = key.rsplit("/", 1)[-1]
                 if call_id not in job.seen:
                     found.append((key, call_id, size))
             if (job.judge or self.attempts).has_later_attempts(job_id):
+                lists += 1
                 for key, size in self.storage.list(job.later_prefix):
                     name = key.rsplit("/", 1)[-1]
                     if name not in job.later_seen:
                         found.append((key, name, size))
             job.list_failures = 0
+            if job.tally is not None:
+                job.tally.host_list += lists + len(found) // 1000  # one LIST request returns 1,000 keys at most
         except Exception as e:
             # The store's client has already retried; a few failed rounds in a row mean the
             # results cannot be read at all, and waiting longer would only hang the caller.
@@ -247,6 +252,8 @@ class Monitor:
                 continue
             try:
                 record = self.storage.get(key) if size <= self.inline_limit else self._read_header(key)
+                if job.tally is not None:
+                    job.tally.host_get += 1  # a large record's header may take a second (range) GET: not counted
                 final = (job.judge or self.attempts).on_record(future, key, attempt, record, size)
             except Exception as e:  # an unreadable record must not leave the future hanging
                 if not future.done():

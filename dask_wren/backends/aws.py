@@ -65,7 +65,14 @@ import botocore.exceptions
 
 from dask_wren import deployment as deployed
 from dask_wren.backends import aws_invoker
-from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
+from dask_wren.backends.base import (
+    Invocation,
+    ProgressListeners,
+    admitted,
+    cancel_queued,
+    shared_backend,
+    write_failure_records,
+)
 from dask_wren.config import Settings
 from dask_wren.errors import BackendError, VersionMismatchError
 from dask_wren.signing import NO_KEY_ADVICE
@@ -292,6 +299,11 @@ class AWSLambdaBackend(ProgressListeners):
             prefix=recorded.get(deployed.PREFIX_VARIABLE),
             concurrency=concurrency,
         )
+        logger.info(
+            "dask-wren: preflight passed for the Lambda function %s: versions and signing key match, no asynchronous "
+            "retries; Timeout %s s, concurrency %s, invocations in flight capped at %d",
+            name, timeout, concurrency if concurrency is not None else "unknown", self.max_concurrency,
+        )
 
     def _check_signing_key(self, deployed_key: str | None) -> SigningKey:
         """The function and this host must hold the same key: the workers would reject every payload."""
@@ -483,6 +495,8 @@ class AWSLambdaBackend(ProgressListeners):
                     # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
                     if len(self._in_flight) < self._ceiling(time.monotonic()):
                         inv = self._queue.popleft()
+                        if not admitted(inv):  # over its executor's budget: dropped (the budget fails its calls)
+                            continue
                         self._in_flight[inv.request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
                         return inv
                     self._cond.wait(timeout=1.0)  # the ramp grows with time, results free room
@@ -553,6 +567,13 @@ class AWSLambdaBackend(ProgressListeners):
             self._queue.appendleft(inv)
             self.throttled += 1
             self._forget(inv.request_id)
+            streak = self._throttle_streak
+        # the first pause of a storm at INFO, the rest at DEBUG: a storm would otherwise flood the log
+        logger.log(
+            logging.INFO if streak == 1 else logging.DEBUG,
+            "dask-wren: Lambda throttled %s after botocore's retries; invokes pause %.2f s (pause %d in a row)",
+            inv.request_id, pause, streak,
+        )
         return True
 
     def _lost(self, inv: Invocation, kind: str, message: str) -> None:
@@ -572,6 +593,11 @@ class AWSLambdaBackend(ProgressListeners):
                 lost = [e.invocation for e in self._in_flight.values() if e.deadline is not None and now > e.deadline]
                 self._cond.wait(timeout=min(1.0, max(0.05, self.grace / 4)))
             for inv in lost:
+                logger.warning(
+                    "dask-wren: invocation %s (calls %s) lost: no result within its timeout (%g s) plus %g s",
+                    inv.request_id, ", ".join(inv.call_ids[:5]) + (" ..." if len(inv.call_ids) > 5 else ""),
+                    inv.timeout, self.grace,
+                )
                 # The host decides whether to invoke the calls again (``dask_wren.attempts``); a late
                 # original cannot count twice: this record is written first at its attempt's key.
                 self._lost(

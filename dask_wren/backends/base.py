@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import sys
+import logging
 import threading
 import time
 from collections import deque
@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 from lambda_worker import protocol
 from lambda_worker.signing import SigningKey
 from lambda_worker.storage import storage_from_spec
+
+logger = logging.getLogger("dask_wren")
 
 
 @dataclass
@@ -30,6 +32,15 @@ class Invocation:
     attempt: int = 0  # 0, or the attempt number of its calls' retry or backup (``dask_wren.attempts``)
     #: ``time.monotonic()`` when a worker began running it (set by the backend): stragglers count from here
     dispatched: float | None = None
+    #: Set by an executor with a budget (``dask_wren.budget``): the backend calls ``admit(self)`` right
+    #: before it sends the invocation and drops it on False (the hook fails its calls); an admitted
+    #: invocation's hook is cleared, so a re-send is not checked again
+    admit: Callable[[Invocation], bool] | None = None
+
+
+def admitted(inv: Invocation) -> bool:
+    """Whether ``inv`` may be sent (its budget allows it, or it has none): backends ask right before sending."""
+    return inv.admit is None or inv.admit(inv)
 
 
 def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:
@@ -147,7 +158,7 @@ def write_failure_records(inv: Invocation, kind: str, message: str, signing_key:
     try:
         _write_failure_records(inv, kind, message, signing_key)
     except Exception as e:
-        print(f"dask-wren: could not record the failure of {inv.request_id} ({message}): {e}", file=sys.stderr)
+        logger.error("dask-wren: could not record the failure of %s (%s): %s", inv.request_id, message, e)
 
 
 def _write_failure_records(inv: Invocation, kind: str, message: str, signing_key: SigningKey) -> None:

@@ -59,7 +59,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from dask_wren.backends.base import Invocation, ProgressListeners, cancel_queued, shared_backend, write_failure_records
+from dask_wren.backends.base import (
+    Invocation,
+    ProgressListeners,
+    admitted,
+    cancel_queued,
+    shared_backend,
+    write_failure_records,
+)
 from dask_wren.errors import BackendError
 from dask_wren.orphans import LOG_DIR_PREFIX
 from dask_wren.signing import local_key
@@ -429,16 +436,30 @@ class LocalBackend(ProgressListeners):
             if not w.sent:
                 if limit is not None and busy >= limit:
                     return
+                inv = self._next_admitted()
+                if inv is None:
+                    return
                 busy += 1
                 w.started = time.monotonic()
-                self._send_invocation(w, self._queue.popleft())
+                self._send_invocation(w, inv)
                 w.sent[0].dispatched = w.started
         # Send one more ahead only when there is a backlog of short calls: the worker then never
         # waits for the host, and a long call cannot hold back much behind it.
         if len(self._queue) > len(ready) and self._recent_call_time < _AHEAD_MAX_CALL_TIME:
             for w in ready:
                 if len(w.sent) == 1 and self._queue:
-                    self._send_invocation(w, self._queue.popleft())
+                    inv = self._next_admitted()
+                    if inv is None:
+                        return
+                    self._send_invocation(w, inv)
+
+    def _next_admitted(self) -> Invocation | None:
+        """The queue's next invocation its budget lets go (``Invocation.admit``); the others are dropped."""
+        while self._queue:
+            inv = self._queue.popleft()
+            if admitted(inv):
+                return inv
+        return None
 
     def _send_invocation(self, w: _Worker, inv: Invocation) -> None:
         w.sent.append(inv)

@@ -1,0 +1,80 @@
+"""``wren.budget``: the executor stops sending invocations once spent plus in flight would pass it.
+
+Prices are overridden so that every invocation costs exactly $1 (its request) and nothing else:
+then which calls run is decided by the budget alone, whatever the timing."""
+
+import dask
+import pytest
+
+import dask_wren
+from dask_wren import BudgetExceededError
+from tests.conftest import gate, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+ONE_DOLLAR_AN_INVOCATION = {
+    "us-east-1": {
+        "lambda": {arch: {"gb-second": 0, "request-per-million": 1_000_000} for arch in ("x86_64", "arm64")},
+        "s3": {"put-per-1000": 0, "get-per-1000": 0},
+    }
+}
+
+
+def outcomes(futures):
+    dask_wren.wait(futures)
+    return ["ok" if f.exception() is None else type(f.exception()).__name__ for f in futures]
+
+
+@pytest.mark.parametrize(("workers", "chunksize", "sent"), [(1, 1, 5), (3, 1, 5), (1, 2, 10)])
+def test_the_budget_stops_at_the_right_call(tmp_path, workers, chunksize, sent):
+    """$5.50 buys five $1 invocations: the calls of the first five run, every later one fails."""
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION, "wren.budget": 5.5}):
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=workers)
+    with ex:
+        futures = ex.map(abs, range(-14, 0), chunksize=chunksize)
+        assert outcomes(futures) == ["ok"] * sent + ["BudgetExceededError"] * (14 - sent)
+        message = str(futures[-1].exception())
+        assert "budget of $5.50 (wren.budget)" in message and f"{14 - sent} calls were not sent" in message
+        assert "spent by finished calls" in message and "in flight" in message and "wren.budget" in message
+        assert ex.cost().total == pytest.approx(5.0)
+        # once exceeded, nothing more is sent: a later map fails at once, whatever it would cost
+        later = ex.map(abs, [1, 2])
+        assert outcomes(later) == ["BudgetExceededError"] * 2
+        assert "2 calls were not sent" in str(later[0].exception())
+        assert ex.cost().invocations == 5
+
+
+def test_calls_in_flight_finish(tmp_path):
+    """Two calls run (held at a gate) when the budget stops the rest; they finish normally after."""
+    opened = tmp_path / "open"
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
+        # a pool of its own (its memory setting): no earlier long calls keep it from sending calls ahead
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=2, memory_mb=1999, budget=2.5)
+    with ex:
+        futures = ex.map(gate, [str(opened)] * 6, backups=False)
+        wait_until(lambda: all(f.done() for f in futures[2:]), what="the calls over the budget to fail")
+        assert not futures[0].done() and not futures[1].done()
+        assert "$2.00 estimated for 2 calls in flight" in str(futures[2].exception())
+        opened.touch()
+        assert outcomes(futures) == ["ok", "ok"] + ["BudgetExceededError"] * 4
+
+
+def test_no_budget_sets_no_hook(tmp_path):
+    with dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=1) as ex:
+        assert ex._budget is None
+        assert outcomes(ex.map(abs, range(3))) == ["ok"] * 3
+
+
+def test_the_budget_applies_per_wren_get_compute(tmp_path):
+    """``dask.config.set({"wren.budget": ...})`` around a compute: each compute has its own executor,
+    so its own budget."""
+    tasks = [dask.delayed(abs)(-i) for i in range(4)]
+    config = {
+        "wren.prices": ONE_DOLLAR_AN_INVOCATION, "wren.budget": 4.5,
+        "wren.storage.local-dir": str(tmp_path / "store"), "wren.local.workers": 2,
+    }
+    with dask.config.set(config):
+        assert dask.compute(*tasks, scheduler="wren") == (0, 1, 2, 3)
+        assert dask.compute(*tasks, scheduler="wren") == (0, 1, 2, 3)  # a new compute, a new budget
+        with pytest.raises(BudgetExceededError, match="budget of \\$4.50"):
+            dask.compute(*[dask.delayed(abs)(-i) for i in range(8)], scheduler="wren")
