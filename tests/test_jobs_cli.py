@@ -189,5 +189,7 @@ def test_an_aws_job_through_the_standin(standin, capsys):
             assert cli.main(["logs", job_id, "1"]) == 0
             out = capsys.readouterr().out
             assert "    hello from lambda call 1\n" in out and "full log: " in out  # the stand-in's worker logs to a file
-        finally:
+        finally:  # the stand-in's bucket is shared by the session's tests: remove the job and its host record
             ex.storage.delete_prefix(protocol.job_prefix(ex.settings.prefix, job_id))
+            hosts = ex.storage.list(protocol.hosts_prefix(ex.settings.prefix))
+            ex.storage.delete([k for k, _ in hosts if k.endswith(f"-{ex.executor_id}.json")])
