@@ -81,7 +81,7 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
     host = _host_state(manifest)
     orphans.adopt(protocol.job_prefix(settings.prefix, job_id))  # before an executor's sweep can see it
     ex = executor if executor is not None else Executor(settings, storage=storage)
-    futures = ex._adopt(job_id, int(manifest["calls"]), delete=host != _ALIVE)
+    futures = ex._adopt(job_id, int(manifest["calls"]), own=host != _ALIVE)
     judge = _Judge(ex.storage, settings, job_id, manifest, futures)
     ex.monitor.watch(settings.prefix, job_id, {f.call_id: f for f in futures}, judge=judge)
     logger.info("dask-wren: attached job %s (%d calls; its host, %s, is %s)", job_id, len(futures), judge.where, host)

@@ -12,7 +12,7 @@ call of the job waits any more: a whole job costs one PUT, however many calls it
 - ``add(future)`` (the futures' cancel hook) writes the job's marker at once, unless
   ``batch()`` is open on this thread: then each job's marker is written once when it closes
   (``Executor.cancel``, ``shutdown(cancel_futures=True)``, a failed ``wren_get``);
-- ``cancel_waiting()`` (the executor's finalizer: ``shutdown(wait=False)``, the interpreter's
+- ``cancel_waiting(jobs)`` (the executor's finalizer: ``shutdown(wait=False)``, the interpreter's
   exit after Ctrl-C) marks every job that still has calls waiting;
 - ``restore()``, after the executor deleted its jobs, writes the markers back: a cancelled call
   may still run until its next look, and must find its marker then.  They are left for the next
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from dask_wren.futures import WrenFuture
@@ -72,12 +72,14 @@ class CancelMarkers:
             self._local.pending = None
             self._write(sorted(pending))
 
-    def cancel_waiting(self) -> None:
-        """Mark every job that still has calls waiting for their records: nobody will read them."""
+    def cancel_waiting(self, jobs: Iterable[str]) -> None:
+        """Mark each of ``jobs`` (the executor's own: not a job it attached while its host runs) that
+        still has calls waiting for their records: nobody will read them."""
         monitor = self._monitor()
         if monitor is None:
             return
-        for job_id in monitor.watched_jobs:
+        own = set(jobs)
+        for job_id in [j for j in monitor.watched_jobs if j in own]:
             if monitor.waiting(job_id):
                 with self._writing:
                     self._put(job_id, protocol.cancel_marker(protocol.CANCEL_ALL))

@@ -11,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import wait_until
+from conftest import gate, wait_until
 
 import dask_wren
 from dask_wren import orphans
@@ -135,6 +135,29 @@ def test_attach_to_a_finished_job_and_the_attempts_its_records_show(tmp_path):
     with dask_wren.local_executor(storage_dir=store, workers=1) as other:
         assert dask_wren.get_all_results(dask_wren.attach(futures[0].job_id, executor=other)[:2], timeout=30) == [1, 2]
     assert job_objects(ex.storage, futures[0].job_id)  # its host (this process) runs: its objects stay
+
+
+def gated(path):
+    gate(path)
+    return "through"
+
+
+def test_attach_to_a_live_hosts_running_job_follows_it_and_leaves_it_alone(tmp_path):
+    """The host (this process) runs the job: attach waits for its call, and an attaching executor
+    that goes without waiting neither cancels the call nor deletes the job."""
+    store, path = str(tmp_path / "store"), str(tmp_path / "gate")
+    with dask_wren.local_executor(storage_dir=store, workers=1) as ex:
+        (future,) = ex.map(gated, [path])
+        watcher = dask_wren.local_executor(storage_dir=store, workers=1)
+        (seen,) = dask_wren.attach(future.job_id, executor=watcher)
+        peeker = dask_wren.local_executor(storage_dir=store, workers=1)
+        dask_wren.attach(future.job_id, executor=peeker)
+        peeker.shutdown(wait=False)
+        assert not ex.storage.exists(protocol.cancel_key(PREFIX, future.job_id))
+        open(path, "w").close()
+        assert seen.result(timeout=30) == "through" and future.result(timeout=30) == "through"
+        watcher.shutdown()
+        assert job_objects(ex.storage, future.job_id)
 
 
 def _record(storage, key, job_id, call_id, attempt, value=None, error=None, written=None):
