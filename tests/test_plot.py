@@ -19,9 +19,9 @@ CALLS = 12
 
 
 def overlap(item):
-    """Run remotely (``item``: call index, folder): say this call started, then wait until another call has started too.  So at
-    least ``WORKERS`` (2) calls run at once, whichever workers take which calls: a call waiting behind
-    a waiting one on the same worker cannot block it, another worker's call releases both."""
+    """Run remotely (``item``: call index, folder): say this call started, then wait until another one
+    has.  So ``WORKERS`` (2) calls run at once at some point, whichever worker takes which call: a call
+    queued behind a waiting one on the same worker does not block it, the other worker's call releases both."""
     i, folder = item
     open(os.path.join(folder, f"started-{i}"), "w").close()
     wait_until(lambda: len(os.listdir(folder)) >= WORKERS, what=f"call {i}: another call to start")
