@@ -294,12 +294,12 @@ class Attempts:
                         sent = call.due or any(a.invocation is None or a.invocation.admit is None for a in call.running())
                     if sent:
                         continue
-                    self._finished(job_id, job, call_id)
                     if call is not None:
                         for a in call.running():
                             a.outcome = "not sent: over the budget"
                         job.futures[int(call_id)].stats["attempts"] = [a.summary() for a in call.attempts]
-                        del self._calls[(job_id, call_id)]
+                        self._calls.pop((job_id, call_id), None)
+                    self._finished(job_id, job, call_id)
                     unsent.append(job.futures[int(call_id)])
         if not unsent:
             return []

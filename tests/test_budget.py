@@ -3,6 +3,8 @@
 Prices are overridden so that every invocation costs exactly $1 (its request) and nothing else:
 then which calls run is decided by the budget alone, whatever the timing."""
 
+import os
+
 import dask
 import pytest
 
@@ -25,11 +27,19 @@ def outcomes(futures):
     return ["ok" if f.exception() is None else type(f.exception()).__name__ for f in futures]
 
 
-@pytest.mark.parametrize(("workers", "chunksize", "sent"), [(1, 1, 5), (3, 1, 5), (1, 2, 10)])
-def test_the_budget_stops_at_the_right_call(tmp_path, workers, chunksize, sent):
-    """$5.50 buys five $1 invocations: the calls of the first five run, every later one fails."""
+@pytest.mark.parametrize(
+    ("backend", "workers", "chunksize", "sent"),
+    [("local", 1, 1, 5), ("local", 3, 1, 5), ("local", 1, 2, 10), ("aws", None, 1, 5)],
+)
+def test_the_budget_stops_at_the_right_call(request, tmp_path, backend, workers, chunksize, sent):
+    """$5.50 buys five $1 invocations: the calls of the first five run, every later one fails.  On
+    AWS (the stand-in) the backend sends them all at once, through the same gate."""
+    if backend == "local":
+        settings = {"storage_dir": str(tmp_path / "store"), "workers": workers}
+    else:
+        settings = request.getfixturevalue("standin").ensure_bucket().settings_overrides
     with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION, "wren.budget": 5.5}):
-        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=workers)
+        ex = dask_wren.default_executor(**settings)
     with ex:
         futures = ex.map(abs, range(-14, 0), chunksize=chunksize)
         assert outcomes(futures) == ["ok"] * sent + ["BudgetExceededError"] * (14 - sent)
@@ -57,6 +67,30 @@ def test_calls_in_flight_finish(tmp_path):
         assert "$2.00 estimated for 2 calls in flight" in str(futures[2].exception())
         opened.touch()
         assert outcomes(futures) == ["ok", "ok"] + ["BudgetExceededError"] * 4
+
+
+def die_first(marker):
+    """Run remotely: the first run dies (its worker exits), a later run returns."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return "again"
+
+
+def test_retries_count_against_the_budget(tmp_path):
+    """A dead worker's attempt counts at its estimate ($1): its retry would pass $1.50, so it is not sent."""
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=1, budget=1.5, retry_backoff=0)
+    with ex:
+        (future,) = ex.map(die_first, [str(tmp_path / "died")])
+        with pytest.raises(BudgetExceededError, match="1 calls were not sent"):
+            future.result()
+        assert [a["outcome"].split(":")[0] for a in future.stats["attempts"]] == ["worker_died", "not sent"]
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=1, budget=2.5, retry_backoff=0)
+    with ex:
+        (future,) = ex.map(die_first, [str(tmp_path / "died-too")])
+        assert future.result() == "again"
 
 
 def test_no_budget_sets_no_hook(tmp_path):
