@@ -62,7 +62,8 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
     ``executor``: the executor that adopts the job (its storage and key must be the job's).
     Without one, ``overrides`` (setting names, as for ``default_executor``) make one, which lives
     as long as the futures.  The adopting executor deletes the job's objects at its shutdown
-    (``wren.cleanup``) unless the submitting host still runs on this machine.  Records are
+    (``wren.cleanup``) and stops its running calls if it exits without waiting, as for its own
+    jobs, unless the submitting host still runs on this machine (the job stays that host's).  Records are
     checked with this host's signing key: the submitting host's (``wren.aws.signing-key`` on AWS;
     on the local backend ``$DASK_WREN_SIGNING_KEY``, set for both processes, since a host's own
     key lives only as long as the host).
@@ -81,9 +82,14 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
     host = _host_state(manifest)
     orphans.adopt(protocol.job_prefix(settings.prefix, job_id))  # before an executor's sweep can see it
     ex = executor if executor is not None else Executor(settings, storage=storage)
-    futures = ex._adopt(job_id, int(manifest["calls"]), own=host != _ALIVE)
-    judge = _Judge(ex.storage, settings, job_id, manifest, futures)
-    ex.monitor.watch(settings.prefix, job_id, {f.call_id: f for f in futures}, judge=judge)
+    try:
+        futures = ex._adopt(job_id, int(manifest["calls"]), own=host != _ALIVE)
+        judge = _Judge(ex.storage, settings, job_id, manifest, futures)
+        ex.monitor.watch(settings.prefix, job_id, {f.call_id: f for f in futures}, judge=judge)
+    except BaseException:
+        if executor is None:  # the one made here has nobody else to shut it down
+            ex.shutdown(wait=False)
+        raise
     logger.info("dask-wren: attached job %s (%d calls; its host, %s, is %s)", job_id, len(futures), judge.where, host)
     return futures
 

@@ -74,7 +74,7 @@ def job_objects(storage, job_id):
 
 def test_attach_after_the_host_was_killed_gets_every_result_through_the_standin(standin, faults, tmp_path):
     """8 calls in 2 invocations (the stand-in's concurrency) wait on a gate; the host is SIGKILLed
-    once both run; the gate opens; a new executor in this process attaches and gets all 8."""
+    once both run; a new executor in this process attaches, the gate opens, and all 8 results come."""
     settings = dict(standin.settings_overrides, timeout=60)
     host = start_host(settings, tmp_path, 8, chunksize=4)
     try:
@@ -83,10 +83,11 @@ def test_attach_after_the_host_was_killed_gets_every_result_through_the_standin(
     finally:
         host.kill()
         host.wait()
-    (tmp_path / "gate").touch()
     with dask_wren.default_executor(**settings) as ex:
         futures = dask_wren.attach(job_id, executor=ex)
         assert [f.call_id for f in futures] == [protocol.call_id_for(i) for i in range(8)]
+        assert not any(f.done() for f in futures)  # they run on, behind the gate
+        (tmp_path / "gate").touch()
         assert dask_wren.get_all_results(futures, timeout=60) == [i * 10 for i in range(8)]
         assert futures[5].stats["attempts"] == [{"attempt": 0, "kind": "first", "outcome": "ok"}]
     assert len(standin.executions(job_id=job_id)) == 2  # nothing ran again
