@@ -10,9 +10,10 @@ belongs to a process started later) is a dead host's, and what it names can go.
 - ``sweep_once(storage, prefix, grace)``: at an executor's start, once per process and store, in
   a background thread: one LIST of this machine's records; the jobs and log folders of this
   machine's dead hosts are removed once older than ``grace`` (``wren.dead-host-grace``: a job's
-  age counts from its manifest's ``submitted``, else from its host record's start; a log folder's
-  from its last change), so that a dead host's job can still be attached (``dask_wren.attach``)
-  or inspected for that long.  A dead host's record goes with its last job.  Other machines'
+  age counts from its manifest's ``submitted``, and a job without a manifest, such as the cancel
+  marker a host leaves after deleting its job, goes at once; a log folder's age counts from its
+  last change), so that a dead host's job can still be attached (``dask_wren.attach``) or
+  inspected for that long.  A dead host's record goes with its last job.  Other machines'
   records are never looked at, live hosts' never touched, nor jobs of executors that keep their
   jobs (``wren.cleanup`` off), nor jobs this process attached (``adopt``).
 - ``find_leftovers`` / ``remove`` (``dask-wren clean``): the same at once (no grace), plus with ``older_than`` every
@@ -169,31 +170,31 @@ def _dead_here(storage: Storage, prefix: str, grace: float = 0.0) -> list[Leftov
     than ``grace`` seconds and jobs this process attached."""
     found = []
     now = time.time()
+
+    def keep(job_id: str) -> bool:
+        if protocol.job_prefix(prefix, job_id) in _adopted:
+            return True
+        submitted = _submitted(storage, prefix, job_id) if grace > 0 else None
+        return submitted is not None and now - submitted < grace
+
     for key, pid, started, executor_id in _records(storage, f"{protocol.hosts_prefix(prefix)}{hostname()}/"):
         if process_alive(pid, started):
             continue
         record = _read(storage, key)
         if record is None or not record.get("cleanup", True):
             continue
-
-        def keep(job_id: str, record: dict = record) -> bool:
-            if protocol.job_prefix(prefix, job_id) in _adopted:
-                return True
-            if grace <= 0:
-                return False
-            return now - _submitted(storage, prefix, job_id, float(record.get("started", 0))) < grace
-
         reason = f"its host (pid {pid} on this machine) is dead"
         found += _host_leftovers(storage, prefix, key, executor_id, reason + (f"; submitted more than {grace:g} s ago" if grace > 0 else ""), keep)
     return found
 
 
-def _submitted(storage: Storage, prefix: str, job_id: str, default: float) -> float:
-    """When the job was submitted (its manifest says), else ``default``."""
+def _submitted(storage: Storage, prefix: str, job_id: str) -> float | None:
+    """When the job was submitted, as its manifest says; None without one (a job of an older
+    version, or the cancel marker its host left after deleting the rest: nothing to attach)."""
     try:
         return float(json.loads(storage.get(protocol.manifest_key(prefix, job_id)))["submitted"])
     except (KeyNotFound, ValueError, KeyError, TypeError):
-        return default
+        return None
 
 
 def dead_log_dirs(root: str | None = None, grace: float = 0.0) -> list[Leftover]:

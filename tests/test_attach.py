@@ -242,16 +242,19 @@ def test_unknown_jobs_jobs_without_a_manifest_and_another_key_are_refused(tmp_pa
 
 def test_the_sweep_keeps_a_dead_hosts_young_and_attached_jobs(tmp_path):
     """``wren.dead-host-grace``: a dead host's job goes once submitted longer ago than the grace (its
-    record with its last job); a job this process attached stays whatever its age."""
+    record with its last job), and at once without a manifest (the cancel marker its host kept after
+    deleting the rest); a job this process attached stays whatever its age."""
     storage = LocalStorage(str(tmp_path / "store"))
     record = protocol.host_key(PREFIX, orphans.hostname(), DEAD_PID, 1.0, "abcdef03")
     storage.put(record, json.dumps({"started": time.time() - 7200, "cleanup": True}).encode())
-    young, old, attached = "abcdef03-0000", "abcdef03-0001", "abcdef03-0002"
+    young, old, attached, marker = "abcdef03-0000", "abcdef03-0001", "abcdef03-0002", "abcdef03-0003"
     _dead_hosts_job(storage, young, calls=1)
     _dead_hosts_job(storage, old, calls=1, submitted=time.time() - 7200)
     _dead_hosts_job(storage, attached, calls=1, submitted=time.time() - 7200)
+    storage.put(protocol.cancel_key(PREFIX, marker), protocol.cancel_marker(protocol.CANCEL_ALL))
     orphans.adopt(protocol.job_prefix(PREFIX, attached))
-    assert [(f.kind, f.where) for f in orphans._dead_here(storage, PREFIX, 3600)] == [("job", f"{PREFIX}/{old}/")]
+    found = [(f.kind, f.where) for f in orphans._dead_here(storage, PREFIX, 3600)]
+    assert found == [("job", f"{PREFIX}/{old}/"), ("job", f"{PREFIX}/{marker}/")]
     orphans.remove(storage, orphans._dead_here(storage, PREFIX, 3600))
     assert job_objects(storage, young) and job_objects(storage, attached) and storage.exists(record)
     with orphans._swept_lock:
