@@ -220,3 +220,37 @@ def test_a_signing_key_never_shows_in_reprs(standin):
     settings = dask_wren.Settings.from_config(**standin.settings_overrides)
     assert standin.signing_key not in repr(settings) + repr(standin)
     assert standin.signing_key not in repr(SigningKey.from_text(standin.signing_key, "test"))
+
+
+def _key_in_new_process(config_home, n=1):
+    """The local key ids that ``n`` concurrent fresh processes (no key in their environment) use."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != KEY_VARIABLE}
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    code = "from dask_wren.signing import local_key; print(local_key().id)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    return [p.communicate(timeout=60)[0].strip() for p in procs]
+
+
+def test_the_local_key_outlives_its_host(tmp_path):
+    """A local host's key is kept in the user's key file (0600), so another process of the same
+    user (``dask-wren job``, ``attach``) verifies a dead host's records; concurrent first uses agree."""
+    ids = _key_in_new_process(tmp_path, n=4)
+    assert len(set(ids)) == 1 and ids[0]
+    path = tmp_path / "dask-wren" / "local-signing-key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert _key_in_new_process(tmp_path) == ids[:1]
+    assert SigningKey.from_text(path.read_text(), "test").id == ids[0]
+    assert sorted(os.listdir(path.parent)) == ["local-signing-key"]  # no temporary files left
+
+
+def test_an_unwritable_key_file_leaves_the_host_its_own_key(tmp_path):
+    """Where the key file cannot be made (here the config "directory" is a file), the host still
+    works, with a key of its own."""
+    not_a_dir = tmp_path / "config"
+    not_a_dir.write_text("")
+    (first,) = _key_in_new_process(not_a_dir)
+    (second,) = _key_in_new_process(not_a_dir)
+    assert first and second and first != second
