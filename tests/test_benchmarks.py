@@ -12,7 +12,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "script",
-    ["bench_core.py", "bench_scheduler.py", pytest.param("bench_aws.py", marks=pytest.mark.slow)],
+    [
+        "bench_core.py", "bench_scheduler.py", pytest.param("bench_aws.py", marks=pytest.mark.slow),
+        pytest.param("bench_cost.py", marks=pytest.mark.slow),
+    ],
 )
 def test_benchmark_quick_run(script, tmp_path):
     out = subprocess.run(
