@@ -94,6 +94,28 @@ def test_attach_after_the_host_was_killed_gets_every_result_through_the_standin(
     assert job_objects(ex.storage, job_id) == []  # adopted: its executor deleted it
 
 
+@pytest.mark.slow
+def test_calls_a_killed_host_never_sent_are_lost_after_the_jobs_timeout_plus_grace(standin, faults, tmp_path):
+    """4 calls, the function's concurrency 2: the host sent calls 0 and 1 when it was killed, so 2
+    and 3 were never sent; they are lost once no record came for the timeout + the grace."""
+    settings = dict(standin.settings_overrides, timeout=10)
+    host = start_host(settings, tmp_path, 4)
+    try:
+        job_id = job_of(host)
+        running(host, tmp_path / "started-0", tmp_path / "started-1")
+    finally:
+        host.kill()
+        host.wait()
+    with dask_wren.default_executor(**dict(settings, lost_call_grace=1)) as ex:
+        futures = dask_wren.attach(job_id, executor=ex)
+        (tmp_path / "gate").touch()
+        assert dask_wren.get_all_results(futures[:2], timeout=30) == [0, 10]
+        for f in futures[2:]:
+            with pytest.raises(dask_wren.LostCallError, match=r"no record of it came within its timeout \(10 s\)"):
+                f.result(timeout=30)
+    assert {e.call_ids for e in standin.executions(job_id=job_id)} == {("000000",), ("000001",)}
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers end with their host on Linux")
 def test_attach_to_a_killed_local_host_gives_its_results_and_names_the_lost_calls(tmp_path):
     """Calls 0 and 1 finish, 2 and 3 run, 4 and 5 wait in the queue: the host is SIGKILLed, its
