@@ -7,9 +7,10 @@ C. Storage requests per call for a 1,000-call map (host requests + each worker's
 
 The machine may be shared and noisy: compare the ratios printed side by side, not the absolute
 figures.  ``--quick`` is a smoke run of a few seconds (for tests); ``--strict`` exits 1 when a
-target is missed.
+target is missed.  ``--progress on|off`` sets ``wren.progress`` (on: every dask-wren wait draws
+its progress bar on stderr) to measure what the bar costs; ``--sections A`` runs only those.
 
-    python benchmarks/bench_core.py [--quick] [--repeat 3] [--workers N] [--strict]
+    python benchmarks/bench_core.py [--quick] [--repeat 3] [--workers N] [--strict] [--progress on|off] [--sections ABC]
 """
 
 import os
@@ -124,11 +125,11 @@ def bench_trivial(settings, executor, n, workers, repeat):
 
     def wren_warm():
         fs = executor.map(inc, range(n))
-        check([f.result() for f in fs], n)
+        check(executor.get_result(fs), n)
 
     def wren_warm_chunked():
         fs = executor.map(inc, range(n), chunksize=10)
-        check([f.result() for f in fs], n)
+        check(executor.get_result(fs), n)
 
     teardowns = []
 
@@ -137,7 +138,7 @@ def bench_trivial(settings, executor, n, workers, repeat):
         backend = LocalBackend(workers=workers, memory_mb=settings.memory_mb)
         ex = Executor(settings, backend=backend)
         fs = ex.map(inc, range(n))
-        check([f.result() for f in fs], n)
+        check(ex.get_result(fs), n)
         took = time.perf_counter() - t0
         t1 = time.perf_counter()
         ex.shutdown()
@@ -255,7 +256,13 @@ def main() -> int:
                         help="parent directory of the benchmark's local store (default: system temp dir; "
                              "/dev/shm shows the cost of file creation on disk)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--progress", choices=("on", "off"), default=None,
+                        help="wren.progress for every executor (default: the configured one, auto)")
+    parser.add_argument("--sections", default="ABC", help="sections to run (default ABC)")
     args = parser.parse_args()
+    if args.progress is not None:
+        dask.config.set({"wren.progress": args.progress == "on"})
+    sections = args.sections.upper()
 
     cpus = os.cpu_count() or 1
     workers = args.workers or cpus
@@ -269,7 +276,8 @@ def main() -> int:
     settings = Settings.from_config(storage_dir=root, workers=workers)
     started = time.perf_counter()
     print(f"dask-wren core benchmarks: {workers} workers, {cpus} CPUs, Python {sys.version.split()[0]}, "
-          f"numpy {np.__version__}, dask {dask.__version__}, load average {os.getloadavg()[0]:.2f}")
+          f"numpy {np.__version__}, dask {dask.__version__}, load average {os.getloadavg()[0]:.2f}, "
+          f"wren.progress {dask.config.get('wren.progress', None)}")
     print(f"storage: {root}")
     print(f"BLAS threads per process: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
@@ -278,49 +286,52 @@ def main() -> int:
         executor = Executor(settings)
         [f.result() for f in executor.map(inc, range(workers * 4))]  # start and warm the shared pool
 
-        print(f"\nA. {calls:,} trivial calls end to end ({repeat} repeat(s))")
-        rows, notes = bench_trivial(settings, executor, calls, workers, repeat)
-        ref = statistics.median(rows["dask processes"])
-        for name, xs in rows.items():
-            print(f"   {name:<28} {fmt_s(xs)}   {statistics.median(xs) / ref:5.2f}x dask processes")
-        for note in notes:
-            print(f"   note: {note}")
-        print(f"   target: 1,000 trivial calls under {TARGET_TRIVIAL_S:g} s end to end "
-              "(reference: dask processes ~0.5 s; Lithops localhost 6.5 s to 160 s)")
-        warm = statistics.median(rows["dask-wren warm"])
-        cold = statistics.median(rows["dask-wren cold"])
-        scale = 1000 / calls
-        summary.append((f"{calls:,} trivial calls, warm", f"{warm:.3f} s", f"{warm / ref:.2f}x dask",
-                        f"< {TARGET_TRIVIAL_S / scale:g} s", warm < TARGET_TRIVIAL_S / scale))
-        summary.append((f"{calls:,} trivial calls, cold", f"{cold:.3f} s", f"{cold / ref:.2f}x dask",
-                        f"< {TARGET_TRIVIAL_S / scale:g} s", cold < TARGET_TRIVIAL_S / scale))
+        if "A" in sections:
+            print(f"\nA. {calls:,} trivial calls end to end ({repeat} repeat(s))")
+            rows, notes = bench_trivial(settings, executor, calls, workers, repeat)
+            ref = statistics.median(rows["dask processes"])
+            for name, xs in rows.items():
+                print(f"   {name:<28} {fmt_s(xs)}   {statistics.median(xs) / ref:5.2f}x dask processes")
+            for note in notes:
+                print(f"   note: {note}")
+            print(f"   target: 1,000 trivial calls under {TARGET_TRIVIAL_S:g} s end to end "
+                  "(reference: dask processes ~0.5 s; Lithops localhost 6.5 s to 160 s)")
+            warm = statistics.median(rows["dask-wren warm"])
+            cold = statistics.median(rows["dask-wren cold"])
+            scale = 1000 / calls
+            summary.append((f"{calls:,} trivial calls, warm", f"{warm:.3f} s", f"{warm / ref:.2f}x dask",
+                            f"< {TARGET_TRIVIAL_S / scale:g} s", warm < TARGET_TRIVIAL_S / scale))
+            summary.append((f"{calls:,} trivial calls, cold", f"{cold:.3f} s", f"{cold / ref:.2f}x dask",
+                            f"< {TARGET_TRIVIAL_S / scale:g} s", cold < TARGET_TRIVIAL_S / scale))
 
-        print(f"\nB. {b_calls} calls of ~{b_seconds:g} s numpy work: dask-wren map vs serial in this process")
-        b = bench_numpy(executor, b_calls, b_seconds, workers)
-        ideal = min(workers, cpus)
-        print(f"   calibrated: {b['iters']} iterations = {b['per_call'] * 1000:.0f} ms per call here "
-              f"(median worker call time {b['worker_call_median'] * 1000:.0f} ms)")
-        print(f"   serial    {b['serial']:7.2f} s")
-        print(f"   dask-wren {b['parallel']:7.2f} s on {b['pids']} worker processes "
-              f"(busy {b['busy']:.0%} of the time in the function; load average now {os.getloadavg()[0]:.2f})")
-        print(f"   process pool {b['pool']:4.2f} s (stdlib ProcessPoolExecutor, warm: what these cores allow, "
-              f"{b['pool_speedup']:.2f}x)")
-        print(f"   speedup   {b['speedup']:7.2f}x (ideal {ideal}x; {b['speedup'] / b['pool_speedup']:.2f} of the process "
-              f"pool's); target >= {TARGET_SPEEDUP}x on 2 cores: {'met' if b['speedup'] >= TARGET_SPEEDUP else 'NOT met'}")
-        target_b = TARGET_SPEEDUP if ideal >= 2 else 0.9 * ideal
-        summary.append((f"{b_calls} x {b_seconds:g} s numpy calls", f"{b['speedup']:.2f}x", f"ideal {ideal}x",
-                        f">= {target_b:g}x", b["speedup"] >= target_b))
+        if "B" in sections:
+            print(f"\nB. {b_calls} calls of ~{b_seconds:g} s numpy work: dask-wren map vs serial in this process")
+            b = bench_numpy(executor, b_calls, b_seconds, workers)
+            ideal = min(workers, cpus)
+            print(f"   calibrated: {b['iters']} iterations = {b['per_call'] * 1000:.0f} ms per call here "
+                  f"(median worker call time {b['worker_call_median'] * 1000:.0f} ms)")
+            print(f"   serial    {b['serial']:7.2f} s")
+            print(f"   dask-wren {b['parallel']:7.2f} s on {b['pids']} worker processes "
+                  f"(busy {b['busy']:.0%} of the time in the function; load average now {os.getloadavg()[0]:.2f})")
+            print(f"   process pool {b['pool']:4.2f} s (stdlib ProcessPoolExecutor, warm: what these cores allow, "
+                  f"{b['pool_speedup']:.2f}x)")
+            print(f"   speedup   {b['speedup']:7.2f}x (ideal {ideal}x; {b['speedup'] / b['pool_speedup']:.2f} of the process "
+                  f"pool's); target >= {TARGET_SPEEDUP}x on 2 cores: {'met' if b['speedup'] >= TARGET_SPEEDUP else 'NOT met'}")
+            target_b = TARGET_SPEEDUP if ideal >= 2 else 0.9 * ideal
+            summary.append((f"{b_calls} x {b_seconds:g} s numpy calls", f"{b['speedup']:.2f}x", f"ideal {ideal}x",
+                            f">= {target_b:g}x", b["speedup"] >= target_b))
 
-        print(f"\nC. storage requests for a {calls:,}-call map")
-        c = bench_requests(settings, calls)
-        host = ", ".join(f"{k} {v}" for k, v in sorted(c["host"].items()))
-        print(f"   host   {c['host_total']:6,}  ({host}; listings returned {c['listed']:,} keys)")
-        print(f"   worker {c['worker_total']:6,}  (calls by their request count: {c['worker_per_call']})")
-        print(f"   per call {c['per_call']:.2f} (target <= {TARGET_REQUESTS:g}); executor cleanup afterwards: "
-              f"{c['cleanup']} request(s)")
-        summary.append(("storage requests per call", f"{c['per_call']:.2f}", f"host {c['host_total'] / calls:.2f} "
-                        f"+ worker {c['worker_total'] / calls:.2f}", f"<= {TARGET_REQUESTS:g}",
-                        c["per_call"] <= TARGET_REQUESTS))
+        if "C" in sections:
+            print(f"\nC. storage requests for a {calls:,}-call map")
+            c = bench_requests(settings, calls)
+            host = ", ".join(f"{k} {v}" for k, v in sorted(c["host"].items()))
+            print(f"   host   {c['host_total']:6,}  ({host}; listings returned {c['listed']:,} keys)")
+            print(f"   worker {c['worker_total']:6,}  (calls by their request count: {c['worker_per_call']})")
+            print(f"   per call {c['per_call']:.2f} (target <= {TARGET_REQUESTS:g}); executor cleanup afterwards: "
+                  f"{c['cleanup']} request(s)")
+            summary.append(("storage requests per call", f"{c['per_call']:.2f}", f"host {c['host_total'] / calls:.2f} "
+                            f"+ worker {c['worker_total'] / calls:.2f}", f"<= {TARGET_REQUESTS:g}",
+                            c["per_call"] <= TARGET_REQUESTS))
         executor.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)

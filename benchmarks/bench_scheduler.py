@@ -14,9 +14,12 @@ B. The scheduler's own host cost per task on large graphs over a ZERO-WORK backe
 
 The machine may be shared and noisy: compare the ratios printed side by side, not the absolute
 figures.  ``--quick`` is a smoke run of a few seconds; ``--profile`` adds cProfile hotspots of
-section B; ``--strict`` exits 1 when a target is missed.
+section B; ``--strict`` exits 1 when a target is missed.  ``--progress on|off`` sets
+``wren.progress`` for every executor (``wren_get`` itself draws no bar: this shows it costs
+nothing); ``--sections B`` runs only those.
 
     python benchmarks/bench_scheduler.py [--quick] [--repeat 3] [--workers 2] [--tasks 100000] [--profile]
+        [--progress on|off] [--sections AB]
 """
 
 import argparse
@@ -491,7 +494,13 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25, help="functions per --profile listing (default 25)")
     parser.add_argument("--threaded", action="store_true", help="also run dask's threaded scheduler in section B")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--progress", choices=("on", "off"), default=None,
+                        help="wren.progress for every executor (default: the configured one, auto)")
+    parser.add_argument("--sections", default="AB", help="sections to run (default AB)")
     args = parser.parse_args()
+    if args.progress is not None:
+        dask.config.set({"wren.progress": args.progress == "on"})
+    sections = args.sections.upper()
 
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
@@ -503,69 +512,72 @@ def main() -> int:
 
     cpus = os.cpu_count() or 1
     print(f"dask-wren scheduler benchmarks: {workers} workers, {cpus} CPUs, Python {sys.version.split()[0]}, "
-          f"dask {dask.__version__}, load average {os.getloadavg()[0]:.2f}")
+          f"dask {dask.__version__}, load average {os.getloadavg()[0]:.2f}, "
+          f"wren.progress {dask.config.get('wren.progress', None)}")
     started = time.perf_counter()
     summary = []
-    root = tempfile.mkdtemp(prefix="dask-wren-bench-")
-    try:
-        settings = Settings.from_config(storage_dir=root, workers=workers)
-        with Executor(settings) as executor:
-            wren = functools.partial(wren_get, executor=executor)
-            db.from_sequence(range(10), npartitions=2 * workers).map(inc).sum().compute(scheduler=wren)  # warm
-            print(f"\nA. dask.bag of {items:,} items in {partitions:,} partitions: .map(inc).sum() "
-                  f"({repeat} repeat(s))")
-            rows, graph_tasks = bench_bag(executor, items, partitions, workers, repeat)
-        ref_p = statistics.median(rows["dask processes"])
-        ref_s = statistics.median(rows["dask sync"])
-        for name, xs in rows.items():
-            med = statistics.median(xs)
-            print(f"   {name:<24} {fmt_s(xs)}   {med / ref_p:6.2f}x processes  {med / ref_s:7.1f}x sync")
-        print(f"   graph: {graph_tasks:,} tasks before optimization; results checked equal "
-              f"(sum = {sum(range(1, items + 1)):,})")
-        wren_a = statistics.median(rows["dask-wren (local, warm)"])
-        summary.append((f"bag {partitions:,} partitions map+sum", f"{wren_a:.3f} s", f"{wren_a / ref_p:.2f}x processes, "
-                        f"{wren_a / ref_s:.1f}x sync", "-", None))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    if "A" in sections:
+        root = tempfile.mkdtemp(prefix="dask-wren-bench-")
+        try:
+            settings = Settings.from_config(storage_dir=root, workers=workers)
+            with Executor(settings) as executor:
+                wren = functools.partial(wren_get, executor=executor)
+                db.from_sequence(range(10), npartitions=2 * workers).map(inc).sum().compute(scheduler=wren)  # warm
+                print(f"\nA. dask.bag of {items:,} items in {partitions:,} partitions: .map(inc).sum() "
+                      f"({repeat} repeat(s))")
+                rows, graph_tasks = bench_bag(executor, items, partitions, workers, repeat)
+            ref_p = statistics.median(rows["dask processes"])
+            ref_s = statistics.median(rows["dask sync"])
+            for name, xs in rows.items():
+                med = statistics.median(xs)
+                print(f"   {name:<24} {fmt_s(xs)}   {med / ref_p:6.2f}x processes  {med / ref_s:7.1f}x sync")
+            print(f"   graph: {graph_tasks:,} tasks before optimization; results checked equal "
+                  f"(sum = {sum(range(1, items + 1)):,})")
+            wren_a = statistics.median(rows["dask-wren (local, warm)"])
+            summary.append((f"bag {partitions:,} partitions map+sum", f"{wren_a:.3f} s", f"{wren_a / ref_p:.2f}x processes, "
+                            f"{wren_a / ref_s:.1f}x sync", "-", None))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\nB. host cost per task over a zero-work backend (in-memory store, null backend), best of {b_repeat}; "
-          f"target: dask-wren's own cost <= {TARGET_US_PER_TASK:g} us/task")
-    graphs = []
-    for kind, title in (("map", f"{tasks:,} map tasks + fan-in-{FAN_IN} reduce tree"),
-                        ("chain", f"chain of {tasks:,} host tasks")):
-        rows, info, graph = bench_host(kind, tasks, args.threaded, b_repeat)
-        n = info["tasks"]
-        graphs.append((kind, graph, n))
-        print(f"   ({'1' if kind == 'map' else '2'}) {title}: {n:,} tasks"
-              + (f", {info['remote_calls']:,} of them remote calls" if kind == "map" else ", none remote"))
-        print(f"       {'':<24} {'total':>8} {'us/task':>8} {'prepare':>8} {'order':>8} {'execute':>8} {'after':>8}"
-              f" {'vs sync':>8}")
-        floor = rows["dask get_sync"]["total"]
-        for name, r in rows.items():
-            print(f"       {name:<24} {r['total']:7.2f}s {r['total'] / n * 1e6:8.1f} {r['prepare']:7.2f}s "
-                  f"{r['order']:7.2f}s {r['execute']:7.2f}s {r['after']:7.2f}s {r['total'] / floor:7.1f}x")
-        wr = rows["dask-wren, null backend"]
-        us = wr["total"] / n * 1e6
-        own = (wr["total"] - info["backend_s"]) / n * 1e6
-        extra = us - floor / n * 1e6
-        line = f"       dask-wren's own cost: {extra:.1f} us/task over get_sync"
-        if info["remote_calls"]:
-            line += (f" (counted in it, though a worker's job: {info['backend_s'] / n * 1e6:.1f} us/task of the null "
-                     f"backend writing result records; without them {own - floor / n * 1e6:.1f})")
-        print(line)
-        print(f"       storage requests {info['requests']:,} ({info['requests'] / n:.2f}/task); executor shutdown "
-              f"{info['shutdown']:.2f} s, {info['left']} objects left in storage")
-        summary.append((f"own host cost, {'map+reduce' if kind == 'map' else 'chain'} {n:,} tasks",
-                        f"{extra:.1f} us/task", f"total {us:.0f} us/task = get_sync {floor / n * 1e6:.0f} + own",
-                        f"<= {TARGET_US_PER_TASK:g} us", extra <= TARGET_US_PER_TASK))
-    print("   phases, from dask's scheduler callbacks: prepare = convert_legacy_graph (+ cull, resolve_aliases for "
-          "dask-wren); order = dask.order + start_state_from_dask; execute = to the last task; after = to the return")
-    print("   own cost = dask-wren's time minus dask get_sync's on the same graph.  get_sync's time is dask's own graph "
-          "work (conversion, dask.order, dask.local's state machine), which every dask scheduler pays; the rest "
-          "(placement, pickling, events, storage, monitor, futures) is dask-wren's")
-    if args.profile:
-        for kind, (dsk, key), n in graphs:
-            print_profile(kind, dsk, key, tasks, n, args.top)
+    if "B" in sections:
+        print(f"\nB. host cost per task over a zero-work backend (in-memory store, null backend), best of {b_repeat}; "
+              f"target: dask-wren's own cost <= {TARGET_US_PER_TASK:g} us/task")
+        graphs = []
+        for kind, title in (("map", f"{tasks:,} map tasks + fan-in-{FAN_IN} reduce tree"),
+                            ("chain", f"chain of {tasks:,} host tasks")):
+            rows, info, graph = bench_host(kind, tasks, args.threaded, b_repeat)
+            n = info["tasks"]
+            graphs.append((kind, graph, n))
+            print(f"   ({'1' if kind == 'map' else '2'}) {title}: {n:,} tasks"
+                  + (f", {info['remote_calls']:,} of them remote calls" if kind == "map" else ", none remote"))
+            print(f"       {'':<24} {'total':>8} {'us/task':>8} {'prepare':>8} {'order':>8} {'execute':>8} {'after':>8}"
+                  f" {'vs sync':>8}")
+            floor = rows["dask get_sync"]["total"]
+            for name, r in rows.items():
+                print(f"       {name:<24} {r['total']:7.2f}s {r['total'] / n * 1e6:8.1f} {r['prepare']:7.2f}s "
+                      f"{r['order']:7.2f}s {r['execute']:7.2f}s {r['after']:7.2f}s {r['total'] / floor:7.1f}x")
+            wr = rows["dask-wren, null backend"]
+            us = wr["total"] / n * 1e6
+            own = (wr["total"] - info["backend_s"]) / n * 1e6
+            extra = us - floor / n * 1e6
+            line = f"       dask-wren's own cost: {extra:.1f} us/task over get_sync"
+            if info["remote_calls"]:
+                line += (f" (counted in it, though a worker's job: {info['backend_s'] / n * 1e6:.1f} us/task of the null "
+                         f"backend writing result records; without them {own - floor / n * 1e6:.1f})")
+            print(line)
+            print(f"       storage requests {info['requests']:,} ({info['requests'] / n:.2f}/task); executor shutdown "
+                  f"{info['shutdown']:.2f} s, {info['left']} objects left in storage")
+            summary.append((f"own host cost, {'map+reduce' if kind == 'map' else 'chain'} {n:,} tasks",
+                            f"{extra:.1f} us/task", f"total {us:.0f} us/task = get_sync {floor / n * 1e6:.0f} + own",
+                            f"<= {TARGET_US_PER_TASK:g} us", extra <= TARGET_US_PER_TASK))
+        print("   phases, from dask's scheduler callbacks: prepare = convert_legacy_graph (+ cull, resolve_aliases for "
+              "dask-wren); order = dask.order + start_state_from_dask; execute = to the last task; after = to the return")
+        print("   own cost = dask-wren's time minus dask get_sync's on the same graph.  get_sync's time is dask's own graph "
+              "work (conversion, dask.order, dask.local's state machine), which every dask scheduler pays; the rest "
+              "(placement, pickling, events, storage, monitor, futures) is dask-wren's")
+        if args.profile:
+            for kind, (dsk, key), n in graphs:
+                print_profile(kind, dsk, key, tasks, n, args.top)
 
     missed = print_summary(summary, time.perf_counter() - started, quick, "quick run: smaller graphs, so the targets, set for the full run, are not judged")
     if missed and args.strict:

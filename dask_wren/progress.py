@@ -3,7 +3,8 @@
 Each wait (``wait``, ``as_completed``, ``get_all_results``, and the executor's ``wait``,
 ``as_completed``, ``get_result``) shows at most one bar, a widget in a Jupyter notebook and text on
 stderr elsewhere: calls finished of those waited for, calls a worker is running, calls failed and,
-on AWS, what the finished calls cost (``dask_wren.cost.call_cost`` over their records).
+on AWS, what the finished calls cost so far (``dask_wren.cost.call_cost`` over their records: the
+attempts that won; ``Executor.cost()`` counts every attempt and the host's own requests too).
 
 Whether it shows: a wait's ``progress=`` decides when given.  Otherwise each job's preference
 does, set by ``map(..., progress=)`` or else its executor's ``wren.progress``: ``True`` shows the
@@ -129,7 +130,9 @@ class Bar:
         if self.cancelled:
             parts.append(f"cancelled={self.cancelled}")
         if self.cost is not None:
-            parts.append(f"cost=${self.cost:.4f}")
+            from dask_wren.cost import money
+
+            parts.append(f"cost={money(self.cost)}")
         return ", ".join(parts)
 
     def _run(self) -> None:
@@ -183,8 +186,10 @@ class Bar:
         from dask_wren.cost import call_cost
 
         try:
-            cost = call_cost(header, prices)
-        except (KeyError, TypeError, ValueError):  # a record without billing (a backend's failure record)
+            cost = call_cost(header, prices)  # 0 for a record without billing (a backend's failure record)
+        except ValueError as e:  # the price table lacks the record's region (ConfigError): no running cost
+            logger.debug("dask-wren: no running cost in the progress bar: %s", e)
+            self._prices[key] = None
             return
         self.cost = (self.cost or 0.0) + cost
 
@@ -193,8 +198,6 @@ def _prices(executor: Any) -> Any:
     """The price table for the running cost of ``executor``'s calls; None off AWS."""
     if executor.settings.backend != "aws":
         return None
-    try:
-        from dask_wren.cost import Prices
-    except ImportError:
-        return None
+    from dask_wren.cost import Prices
+
     return Prices.load(executor.settings)

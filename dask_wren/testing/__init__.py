@@ -152,6 +152,7 @@ def aws_standin(
     async_retries: int = 0,
     retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
     prefix: str = PREFIX,
+    verbose: bool = False,
 ) -> Iterator[StandIn]:
     """Start S3 (moto, unless ``s3_endpoint`` is given) and a Lambda endpoint; yield a ``StandIn``.
 
@@ -164,9 +165,12 @@ def aws_standin(
     ``async_retries`` (0, as deploy does; 1 or 2 to test Lambda's retries, which come after
     ``retry_delays`` seconds); its ``Environment`` carries the host's versions and
     ``DASK_WREN_BUCKET`` / ``DASK_WREN_PREFIX`` (``bucket``, ``prefix``).  ``settings_overrides``
-    and ``dask_config`` use the same prefix.
+    and ``dask_config`` use the same prefix.  moto's server logs each S3 request (through the
+    ``werkzeug`` logger); that log is kept to warnings while the block runs unless ``verbose``.
     """
     saved = dict(os.environ)
+    request_log = logging.getLogger("werkzeug")
+    request_log_level = request_log.level
     moto_server = None
     endpoint = None
     try:
@@ -178,11 +182,8 @@ def aws_standin(
         if s3_endpoint is None:
             from moto.server import ThreadedMotoServer
 
-            # moto's server logs every request through werkzeug (26 lines for a 3-call map); keep
-            # warnings only, unless the caller configured that logger already
-            quiet = logging.getLogger("werkzeug")
-            if quiet.level == logging.NOTSET:
-                quiet.setLevel(logging.WARNING)
+            if not verbose:  # a line per request otherwise (26 for a 3-call map)
+                request_log.setLevel(logging.WARNING)
 
             moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             moto_server.start()
@@ -217,6 +218,7 @@ def aws_standin(
                 moto_server.stop()
         finally:
             _restore_environment(saved)
+            request_log.setLevel(request_log_level)
 
 
 def _restore_environment(saved: dict[str, str]) -> None:
