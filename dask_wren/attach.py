@@ -188,10 +188,12 @@ class _Judge:
         self.dead_rounds = self.dead_rounds + 1 if host == _DEAD else 0
         gone = self.dead_rounds >= 2  # the host is dead and a listing came after that was known
         now = time.time()
-        quiet = host != _ALIVE and now > self.last + self.timeout + self.grace
+        # a dead local host's calls wait for ``gone``; a host that runs decides itself
+        quiet = host == _UNKNOWN or (host == _DEAD and not self.local)
+        quiet = quiet and now > self.last + self.timeout + self.grace
         decided = []
         for call_id, failure in list(self.failed.items()):
-            future, key, attempt, header, _, _, _ = failure
+            future, header = failure[0], failure[3]
             kind = (header.get("error") or {}).get("kind", "exception")
             failures = sum(1 for o in self.outcomes[call_id].values() if o != "ok")
             final = kind not in INFRASTRUCTURE or failures > self.retries
@@ -203,7 +205,7 @@ class _Judge:
         if (self.local and gone) or quiet:
             missing = [f for c, f in self.waiting.items() if c not in self.outcomes and not f.done()]
             if missing:
-                decided += self._lose(missing, gone)
+                decided += self._lose(missing, host, gone)
         for future in decided:
             self.waiting.pop(future.call_id, None)
         return decided
@@ -227,7 +229,7 @@ class _Judge:
                 exc.add_note(note)
         future._apply(header, start, record, size, exc)
 
-    def _lose(self, futures: list[WrenFuture], gone: bool) -> list[WrenFuture]:
+    def _lose(self, futures: list[WrenFuture], host: str, gone: bool) -> list[WrenFuture]:
         cancelled = self._cancelled()
         removed = jobs.read_manifest(self.storage, self.prefix, self.job_id) is None
         function = self.manifest.get("function", "its function")
@@ -248,7 +250,7 @@ class _Judge:
                 why = (
                     f"no record of it came within its timeout ({self.timeout:g} s) + wren.aws.lost-call-grace "
                     f"({self.grace:g} s) of the job's latest sign of life, and its host ({self.where}) "
-                    + ("is gone" if gone else "is not on this machine or gone")
+                    + ("is gone" if host == _DEAD else "runs on another machine, where attach cannot tell whether it lives")
                     + " (a host sends no more calls at once than the function's concurrency: this one may never "
                     "have been sent; if it may still run, attach again later to pick its result up)"
                 )

@@ -211,14 +211,14 @@ def test_later_attempts_failures_and_lost_calls_are_judged_from_the_records(tmp_
     """A dead local host's job: call 0 ok; call 1's first attempt died and its retry succeeded (a/);
     call 2 raised; call 3's worker died and its host could not retry it; call 4 has no record."""
     storage = LocalStorage(str(tmp_path / "store"))
-    job = "abcdef01-0000"
-    _dead_hosts_job(storage, job, calls=5)
+    job, old = "abcdef01-0000", time.time() - 3600  # long past timeout + grace: the host's death decides
+    _dead_hosts_job(storage, job, calls=5, submitted=old)
     key = lambda call, attempt=0: protocol.result_key(PREFIX, job, call, attempt)  # noqa: E731
-    _record(storage, key("000000"), job, "000000", 0, value="zero")
-    _record(storage, key("000001"), job, "000001", 0, error=protocol.FAIL_WORKER_DIED)
-    _record(storage, key("000001", 1), job, "000001", 1, value="one")
-    _record(storage, key("000002"), job, "000002", 0, error=ValueError("two"))
-    _record(storage, key("000003"), job, "000003", 0, error=protocol.FAIL_WORKER_DIED)
+    _record(storage, key("000000"), job, "000000", 0, value="zero", written=old)
+    _record(storage, key("000001"), job, "000001", 0, error=protocol.FAIL_WORKER_DIED, written=old)
+    _record(storage, key("000001", 1), job, "000001", 1, value="one", written=old)
+    _record(storage, key("000002"), job, "000002", 0, error=ValueError("two"), written=old)
+    _record(storage, key("000003"), job, "000003", 0, error=protocol.FAIL_WORKER_DIED, written=old)
     with dask_wren.local_executor(storage_dir=storage.root, workers=1) as ex:
         futures = dask_wren.attach(job, executor=ex)
         dask_wren.wait(futures, timeout=30)
