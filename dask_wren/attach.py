@@ -9,7 +9,8 @@ That executor's monitor resolves the futures, with ``_Judge`` in place of its ``
 attach never runs a call again, so a call is decided by its records and by who can still write one.
 
 - A record with status ok resolves its call at once, whichever attempt wrote it (``r/`` for the
-  first, ``a/{call}.{n}`` for later ones: ``a/`` is listed every round).
+  first, ``a/{call}.{n}`` for later ones: ``a/`` is listed every round while a failure waits
+  for a later attempt, else every second).
 - A failure record resolves it at the end of the round (an ok record of another attempt in the
   same round wins) once no later attempt can come: the failure is not one a host retries
   (``attempts.INFRASTRUCTURE``), or the call used up the manifest's ``retries``, or its host is
@@ -49,6 +50,7 @@ from lambda_worker.storage import KeyNotFound, Storage
 logger = logging.getLogger("dask_wren")
 
 _ALIVE, _DEAD, _UNKNOWN = "alive", "dead", "unknown"
+_LATER_LIST_INTERVAL = 1.0  # seconds between listings of ``a/`` while no failure waits for a later attempt
 
 
 def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -> list[WrenFuture]:
@@ -156,12 +158,20 @@ class _Judge:
         self.failed: dict[str, tuple[WrenFuture, str, int, dict[str, Any], int, bytes, int | None]] = {}
         self.last = float(manifest.get("submitted") or time.time())
         self.dead_rounds = 0
+        self.next_later_list = 0.0  # time.monotonic() of the next listing of ``a/`` (see has_later_attempts)
         self.where = f"pid {manifest.get('pid', '?')} on {manifest.get('host', '?')}"
 
     # -- the monitor's calls ---------------------------------------------------------------------
 
     def has_later_attempts(self, job_id: str) -> bool:
-        return True  # which attempts its host made is not known here: ``a/`` is listed every round
+        """Which attempts its host made is not known here: ``a/`` is listed every round while a
+        failure waits for a later attempt, else once every ``_LATER_LIST_INTERVAL`` seconds (a
+        backup of a call that has no record yet)."""
+        now = time.monotonic()
+        if not self.failed and now < self.next_later_list:
+            return False
+        self.next_later_list = now + _LATER_LIST_INTERVAL
+        return True
 
     def on_record(self, future: WrenFuture, key: str, attempt: int, record: bytes, size: int | None) -> bool:
         if future.cancelled():
