@@ -167,3 +167,24 @@ def test_local_job_would_cost_on_lambda_and_chunk_shares_add_up(tmp_path):
     text = str(summary)
     assert text.startswith("Would cost on Lambda (us-east-1") and "not priced: S3 storage" in text
     assert math.isclose(summary.as_dict()["total"], summary.total)
+
+
+def test_the_handler_shares_an_invocation_out_over_its_records(monkeypatch):
+    """Each record bills the invocation's duration so far (rounded up to the ms) less what the earlier
+    records billed; the first carries the request and a cold start's INIT; memory comes from the context."""
+    from lambda_worker import handler
+
+    clock = [100.0]
+    monkeypatch.setattr(handler.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    context = type("Context", (), {"memory_limit_in_mb": "1769"})()  # Lambda's context gives a string
+    meter = handler._Meter(100.0, 250, handler._memory_mb(context))
+    bills = []
+    for t in (100.0101, 100.0101, 100.5):
+        clock[0] = t
+        bills.append(meter.bill())
+    assert [b["ms"] for b in bills] == [11, 0, 489] and sum(b["ms"] for b in bills) == 500
+    assert [b["init_ms"] for b in bills] == [250, 0, 0]
+    assert [b["first_of_invocation"] for b in bills] == [True, False, False]
+    assert {(b["memory_mb"], b["region"], b["arch"]) for b in bills} == {(1769, "us-east-1", handler.ARCH)}
+    assert handler._memory_mb(None) == 0 and 0 < handler.INIT_MS < 60_000
