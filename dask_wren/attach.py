@@ -27,7 +27,8 @@ attach never runs a call again, so a call is decided by its records and by who c
     its timeout, unless Lambda held the event in its queue (up to the function's maximum event
     age, ``wren.aws.throttle-timeout``: a throttling storm), the bound the host's own lost-call
     watchdog uses too.  A call that ran later than that is reported lost yet may still finish:
-    attaching again picks its record up.
+    attaching again picks its record up.  (Record times are the workers' clocks: this machine's
+    clock running ahead of them eats into the grace.)
 """
 
 from __future__ import annotations
