@@ -67,9 +67,9 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
     as long as the futures.  The adopting executor deletes the job's objects at its shutdown
     (``wren.cleanup``) and stops its running calls if it exits without waiting, as for its own
     jobs, unless the submitting host still runs on this machine (the job stays that host's).  Records are
-    checked with this host's signing key: the submitting host's (``wren.aws.signing-key`` on AWS;
-    on the local backend ``$DASK_WREN_SIGNING_KEY``, set for both processes, since a host's own
-    key lives only as long as the host).
+    checked with this process's signing key, which must be the submitting host's:
+    ``wren.aws.signing-key`` on AWS; on the local backend ``$DASK_WREN_SIGNING_KEY`` or else the
+    user's local key file (``dask_wren.signing.local_key_path()``), which outlives the host.
     """
     if executor is not None and overrides:
         raise TypeError("attach() takes an executor or setting overrides, not both")
@@ -98,8 +98,9 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
 
 
 _KEY_ADVICE = {
-    False: "A local host's key lives as long as the host process: set the same $DASK_WREN_SIGNING_KEY (64 hex "
-    "digits) for the submitting process and the attaching one to attach after the host is gone.",
+    False: "The local backend's key is $DASK_WREN_SIGNING_KEY, else this user's key file "
+    "(~/.config/dask-wren/local-signing-key): attach as the user who submitted the job, with the same "
+    "$DASK_WREN_SIGNING_KEY if the host had one.",
     True: "Use the deployment's key: wren.aws.signing-key from the settings file `dask-wren deploy` wrote.",
 }
 

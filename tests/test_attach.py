@@ -47,7 +47,7 @@ _HOST = textwrap.dedent("""
 
 def start_host(settings, where, n, chunksize=1, first_free=0):
     """A host process that maps ``gated`` over ``range(n)``; its first line is the job id."""
-    local_key()  # the host inherits this process's key (a local host's key dies with it otherwise)
+    local_key()  # in this process's environment now: the host inherits it, whatever the key file holds
     args = json.dumps([settings, str(where), n, chunksize, first_free])
     return subprocess.Popen([sys.executable, "-c", _HOST, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
