@@ -69,7 +69,7 @@ def bar(futures: Sequence[Any], progress: bool | None = None) -> Bar | None:
     if delay is None:
         return None
     shown = Bar(futures, delay)
-    return shown if shown.done < shown.total else None  # nothing left to wait for: no bar
+    return shown if shown._pending else None  # nothing left to wait for: no bar
 
 
 def _executor_of(future: Any) -> Any:
@@ -85,7 +85,8 @@ class Bar:
     def __init__(self, futures: Sequence[Any], delay: float = 0.0):
         self.total = len(futures)
         self._pending = dict.fromkeys(f for f in futures if getattr(f, "_state", None) not in _DONE_STATES)
-        self.done = self.total - len(self._pending)
+        self._finished = [f for f in futures if f not in self._pending]  # before the wait: counted on entry
+        self.done = 0
         self.failed = 0
         self.cancelled = 0
         self.running = 0
@@ -104,6 +105,9 @@ class Bar:
     def __enter__(self) -> Bar:
         from tqdm.auto import tqdm
 
+        for f in self._finished:
+            self._count(f)
+        self._finished = []
         self._tqdm = tqdm(
             total=self.total, initial=self.done, desc=self._desc, unit="call", delay=self._delay,
             miniters=0, dynamic_ncols=True,  # miniters 0: every redraw past the delay draws, even with no new call done
@@ -120,9 +124,12 @@ class Bar:
             self._thread.join()
         try:
             self._draw(time.monotonic(), count_running=True)
+        except Exception:  # as in _run: the wait's own outcome stands
+            logger.debug("dask-wren: the progress bar's last redraw failed", exc_info=True)
         finally:
             self._tqdm.close()
             self._pending.clear()
+            self._resolved.clear()  # futures resolving later still append to it; nothing reads it
 
     @property
     def postfix(self) -> str:
@@ -157,12 +164,15 @@ class Bar:
         self._taken += len(new)
         for f in new:
             self._pending.pop(f, None)
-            self.done += 1
-            if f.cancelled():
-                self.cancelled += 1
-            elif f.exception() is not None:
-                self.failed += 1
-            self._add_cost(f)
+            self._count(f)
+
+    def _count(self, future: Any) -> None:
+        self.done += 1
+        if future.cancelled():
+            self.cancelled += 1
+        elif future.exception() is not None:
+            self.failed += 1
+        self._add_cost(future)
 
     def _count_running(self) -> int:
         by_executor: dict[int, tuple[Any, list[Any]]] = {}

@@ -99,6 +99,10 @@ def test_a_bar_counts_calls_done_and_failed_and_closes(local_executor, capsys):
     assert f"dask-wren {fs[0].job_id}" in err
     assert "6/6" in err and "failed=1" in err and "running=0" in err
     assert no_bar_left()
+    more = local_executor.map(abs, [-7], progress=True)
+    local_executor.wait(fs + more)  # calls finished before the wait count too
+    err = capsys.readouterr().err
+    assert "7/7" in err and "failed=1" in err
 
 
 def test_a_bar_counts_the_calls_a_worker_runs(local_executor, tmp_path, capsys):
