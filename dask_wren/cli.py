@@ -302,8 +302,8 @@ _TRACEBACK_LINES = 4  # of each failed attempt, in `dask-wren job`
 _FAILURES_SHOWN = 20  # failed attempts listed in full by `dask-wren job` (--json: all)
 _TAIL_LINES = 3  # per stream and call, in `dask-wren logs JOB` without CALL
 _UNVERIFIED_HINT = (
-    "the local backend's signing key lives with its host process unless DASK_WREN_SIGNING_KEY is set in the host's "
-    "environment; on AWS the key is wren.aws.signing-key (the settings file `dask-wren deploy` wrote). "
+    "a local job is verified with the user's local key file (or $DASK_WREN_SIGNING_KEY, if the host had it set: set "
+    "the same here); on AWS the key is wren.aws.signing-key (the settings file `dask-wren deploy` wrote). "
     "--unverified shows such records' headers unchecked (JSON, never unpickled)"
 )
 

@@ -9,8 +9,8 @@ and ``dask_wren.attach`` read jobs through this module.
 Records are read header only (their payloads are never fetched) and verified with the host's
 signing key.  A record that does not verify is kept apart, in ``Job.unverified``, and never
 unpickled; only on request (``unchecked=True``) is its JSON header parsed, for a display that
-marks it as unverified.  The local backend's key lives as long as its host process (unless
-``$DASK_WREN_SIGNING_KEY`` is set), so another process cannot verify a local job's records.
+marks it as unverified.  A local job's records verify in any process of the same user (the key
+is the user's local key file, ``dask_wren.signing``), unless its host had another key set.
 """
 
 from __future__ import annotations

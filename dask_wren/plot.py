@@ -233,9 +233,9 @@ def _load(job_id: str, storage: Storage | None, settings: Settings | None) -> jo
     if job.unverified and not job.records:
         reason = next(iter(job.unverified.values()))[0].reason
         raise IntegrityError(
-            f"no record of job {job_id!r} verifies ({reason}): nothing to draw. A local job's key lives "
-            f"as long as its host process unless $DASK_WREN_SIGNING_KEY is set; an AWS job needs the "
-            f"deployment's wren.aws.signing-key"
+            f"no record of job {job_id!r} verifies ({reason}): nothing to draw. A local job needs the key its "
+            f"host had (the user's local key file, or the host's $DASK_WREN_SIGNING_KEY); an AWS job needs "
+            f"the deployment's wren.aws.signing-key"
         )
     if job.unverified:
         logger.warning("dask-wren: %d records of job %s do not verify and are not drawn",
