@@ -103,14 +103,17 @@ def calibrate(seconds):
 # -- measurements -----------------------------------------------------------------------------
 
 
-def timed(fn, repeat):
+def timed(fn, repeat, cpu=None):
     """Run ``fn`` ``repeat`` times; return the list of seconds (``fn`` returns its own seconds
-    when it wants to exclude setup or teardown, else None and the whole call is timed)."""
+    when it wants to exclude setup or teardown, else None and the whole call is timed).  ``cpu``:
+    a list that gets this process's CPU seconds (all its threads; not the workers') of each run."""
     out = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         own = fn()
         out.append(own if own is not None else time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
     return out
 
 
@@ -163,7 +166,8 @@ def bench_trivial(settings, executor, n, workers, repeat):
         check(warm_pool.map(inc, range(n)), n)
 
     try:
-        rows["dask-wren warm"] = timed(wren_warm, repeat)
+        host_cpu = []
+        rows["dask-wren warm"] = timed(wren_warm, repeat, host_cpu)
         rows["dask-wren cold"] = timed(wren_cold, repeat)
         rows["dask-wren warm chunksize=10"] = timed(wren_warm_chunked, repeat)
         rows["dask processes"] = timed(dask_processes, repeat)
@@ -171,6 +175,8 @@ def bench_trivial(settings, executor, n, workers, repeat):
         rows["ProcessPoolExecutor warm"] = timed(ppe_warm, repeat)
     finally:
         warm_pool.shutdown()
+    notes.append(f"dask-wren warm: the host's own CPU time {statistics.median(host_cpu) / n * 1e6:.0f} us per call "
+                 "(median; this process, all its threads, not the workers): less disturbed by other load than the wall time")
     notes.append(f"dask-wren cold: pool start to last result; its teardown (worker exit + storage cleanup) "
                  f"took a further {statistics.median(teardowns):.2f} s (median), not counted")
     notes.append(f"dask processes starts a new {dask.config.get('multiprocessing.context', 'spawn')} pool per "
