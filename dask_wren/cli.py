@@ -211,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dask-wren: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`dask-wren logs JOB | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except Exception as e:
         message = user_error_message(e) or (str(e) if isinstance(e, StorageError | ConfigError) else None)
         if message is None or args.debug:

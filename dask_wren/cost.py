@@ -218,7 +218,10 @@ class CostSummary:
         lines = [title] + [f"  {name:<22} {what:<{width}}  {money(cost, decimals):>14}" for name, what, cost in rows]
         lines.append(f"  {'total':<22} {'':<{width}}  {money(self.total, decimals):>14}")
         if self.unbilled:
-            lines.append(f"  {self.unbilled:,} attempts carry no billing (their worker died or was lost): not priced")
+            lines.append(
+                f"  {self.unbilled:,} attempt{'s carry' if self.unbilled != 1 else ' carries'} no billing "
+                "(its worker died or was lost): not priced"
+            )
         if p.get("estimate"):
             lines.append(
                 "  leaves out: cold starts' INIT, the workers' function loads (one GET per cold worker), LIST rounds "

@@ -85,7 +85,7 @@ def test_arm64_and_records_without_billing():
     lost = {"job_id": "j", "call_id": "0", "status": "failed", "error": {"kind": "worker_died"}}  # the host wrote it
     summary = summarize([arm, lost], prices=prices)
     assert summary.unbilled == 1 and summary.calls == 2 and call_cost(lost, prices) == 0
-    assert "1 attempts carry no billing" in str(summary)
+    assert "1 attempt carries no billing" in str(summary)
 
 
 def test_estimate():
