@@ -291,7 +291,11 @@ class Executor:
             return None
         prices = self._price_table()
         region = None if self.settings.backend == "local" else (self.settings.aws_region or self.settings.region)
-        return Budget(self.settings.budget, prices, prices.rates(region, "x86_64").request, lambda: self.monitor.wake())
+        return Budget(self.settings.budget, prices, prices.rates(region, "x86_64"), self._worker_memory_mb, lambda: self.monitor.wake())
+
+    def _worker_memory_mb(self) -> int:
+        """The workers' memory: the deployed function's, where the backend read it, else ``wren.local.memory-mb``."""
+        return getattr(getattr(self.backend, "deployment", None), "memory_mb", None) or self.settings.memory_mb
 
     def _record_seen(self, job_id: str, header: dict[str, Any]) -> None:
         """A record's verified header (monitor thread): what it billed counts for its job, and against the budget."""
@@ -338,7 +342,10 @@ class Executor:
         )
 
     def _call_done(self, futures: list[WrenFuture]) -> None:
-        """The monitor resolved ``futures`` (of one job): tell the job's listener."""
+        """The monitor resolved ``futures`` (of one job): settle them with the budget, tell the job's listener."""
+        if self._budget is not None:
+            for f in futures:
+                self._budget.settle(f.job_id, f.call_id)
         listener = self._job_listeners.get(futures[0].job_id)
         if listener is not None:
             listener(futures)
@@ -390,6 +397,8 @@ class Executor:
 
     def _cancel(self, future: WrenFuture) -> None:
         self.monitor.forget(future.job_id, future.call_id)
+        if self._budget is not None:
+            self._budget.settle(future.job_id, future.call_id)
         for request_id, call_id in self.attempts.cancelled(future):
             self.backend.cancel(request_id, call_id)
         self._cancels.add(future)  # a worker running it stops at its next look at the marker

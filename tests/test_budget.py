@@ -45,7 +45,8 @@ def test_the_budget_stops_at_the_right_call(request, tmp_path, backend, workers,
         assert outcomes(futures) == ["ok"] * sent + ["BudgetExceededError"] * (14 - sent)
         message = str(futures[-1].exception())
         assert "budget of $5.50 (wren.budget)" in message and f"{14 - sent} calls were not sent" in message
-        assert "spent by finished calls" in message and "in flight" in message and "wren.budget" in message
+        assert "$5.00 spent, with nothing left in flight" in message
+        assert "next invocation estimated at $1.00 (the mean of the finished calls)" in message
         assert ex.cost().total == pytest.approx(5.0)
         # once exceeded, nothing more is sent: a later map fails at once, whatever it would cost
         later = ex.map(abs, [1, 2])
@@ -54,19 +55,55 @@ def test_the_budget_stops_at_the_right_call(request, tmp_path, backend, workers,
         assert ex.cost().invocations == 5
 
 
-def test_calls_in_flight_finish(tmp_path):
-    """Two calls run (held at a gate) when the budget stops the rest; they finish normally after."""
+def test_calls_in_flight_finish_and_decide(tmp_path):
+    """Two calls run (held at a gate) when the next would pass the budget: it is held back, not
+    failed, while they run (they may cost less than counted); once they finish, the rest fail."""
     opened = tmp_path / "open"
     with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
         # a pool of its own (its memory setting): no earlier long calls keep it from sending calls ahead
-        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=2, memory_mb=1999, budget=2.5)
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=3, memory_mb=1999, budget=2.5)
     with ex:
         futures = ex.map(gate, [str(opened)] * 6, backups=False)
-        wait_until(lambda: all(f.done() for f in futures[2:]), what="the calls over the budget to fail")
-        assert not futures[0].done() and not futures[1].done()
-        assert "$2.00 estimated for 2 calls in flight" in str(futures[2].exception())
+        wait_until(lambda: ex._budget.in_flight == pytest.approx(2.0), what="two calls to be sent")
+        assert not ex._budget.exceeded and not any(f.done() for f in futures)  # the third is held back, not failed
         opened.touch()
         assert outcomes(futures) == ["ok", "ok"] + ["BudgetExceededError"] * 4
+        assert "$2.00 spent, with nothing left in flight" in str(futures[2].exception())
+        assert ex.cost().invocations == 2
+
+
+PER_GB_SECOND = {  # $1 per GB-second, nothing else: a call's cost is its duration x memory
+    "us-east-1": {
+        "lambda": {arch: {"gb-second": 1.0, "request-per-million": 0} for arch in ("x86_64", "arm64")},
+        "s3": {"put-per-1000": 0, "get-per-1000": 0},
+    }
+}
+
+
+def test_the_first_wave_is_bounded_by_what_lambda_could_bill(tmp_path):
+    """Before any call has finished, a call counts at the most Lambda can bill it (timeout x
+    memory): a $25 budget sends two 10 s calls at 1 GB ($10 each at worst), not three,
+    however many workers are free; once one has finished (and cost far less), the rest go."""
+    opened = tmp_path / "open"
+    with dask.config.set({"wren.prices": PER_GB_SECOND}):
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=3, memory_mb=1024, budget=25)
+    with ex:
+        futures = ex.map(gate, [str(opened)] * 6, timeout=10, backups=False)
+        wait_until(lambda: ex._budget.in_flight == pytest.approx(20.0), what="two calls to be sent")
+        assert not ex._budget.exceeded and not any(f.done() for f in futures)  # the third is held back
+        opened.touch()
+        assert outcomes(futures) == ["ok"] * 6
+        assert ex.cost().total < 25
+
+
+def test_a_budget_smaller_than_one_call_at_worst_says_so(tmp_path):
+    with dask.config.set({"wren.prices": PER_GB_SECOND}):
+        ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=1, memory_mb=1024, budget=5)
+    with ex:
+        (future,) = ex.map(abs, [-1], timeout=10)
+        with pytest.raises(BudgetExceededError, match="no call had finished: the most Lambda can bill it") as info:
+            future.result()
+        assert "estimated at $10.00" in str(info.value) and "a shorter timeout= lowers it" in str(info.value)
 
 
 def die_first(marker):

@@ -66,6 +66,7 @@ import botocore.exceptions
 from dask_wren import deployment as deployed
 from dask_wren.backends import aws_invoker
 from dask_wren.backends.base import (
+    ADMIT_RETRY,
     Invocation,
     ProgressListeners,
     admitted,
@@ -118,6 +119,7 @@ class Deployment:
     bucket: str | None  # recorded at deploy time (DASK_WREN_BUCKET)
     prefix: str | None  # recorded at deploy time (DASK_WREN_PREFIX)
     concurrency: int | None  # executions it can have at once (reserved, else the account's unreserved)
+    memory_mb: int | None = None  # its MemorySize: a budget's estimate before any call has finished
 
 
 class AWSLambdaBackend(ProgressListeners):
@@ -298,6 +300,7 @@ class AWSLambdaBackend(ProgressListeners):
             bucket=recorded.get(deployed.BUCKET_VARIABLE),
             prefix=recorded.get(deployed.PREFIX_VARIABLE),
             concurrency=concurrency,
+            memory_mb=config.get("MemorySize"),
         )
         logger.info(
             "dask-wren: preflight passed for the Lambda function %s: versions and signing key match, no asynchronous "
@@ -495,7 +498,12 @@ class AWSLambdaBackend(ProgressListeners):
                     # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
                     if len(self._in_flight) < self._ceiling(time.monotonic()):
                         inv = self._queue.popleft()
-                        if not admitted(inv):  # over its executor's budget: dropped (the budget fails its calls)
+                        verdict = admitted(inv)
+                        if verdict is None:  # its executor's budget holds it back: first in line, ask again soon
+                            self._queue.appendleft(inv)
+                            self._cond.wait(timeout=ADMIT_RETRY)
+                            continue
+                        if not verdict:  # over its executor's budget: dropped (the budget fails its calls)
                             continue
                         self._in_flight[inv.request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
                         return inv

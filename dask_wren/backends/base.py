@@ -33,14 +33,20 @@ class Invocation:
     #: ``time.monotonic()`` when a worker began running it (set by the backend): stragglers count from here
     dispatched: float | None = None
     #: Set by an executor with a budget (``dask_wren.budget``): the backend calls ``admit(self)`` right
-    #: before it sends the invocation and drops it on False (the hook fails its calls); an admitted
+    #: before it sends the invocation; it drops it on False (the hook fails its calls) and keeps it at
+    #: the head of its queue on None (not yet: asks again within ``ADMIT_RETRY`` s); an admitted
     #: invocation's hook is cleared, so a re-send is not checked again
-    admit: Callable[[Invocation], bool] | None = None
+    admit: Callable[[Invocation], bool | None] | None = None
 
 
-def admitted(inv: Invocation) -> bool:
-    """Whether ``inv`` may be sent (its budget allows it, or it has none): backends ask right before sending."""
-    return inv.admit is None or inv.admit(inv)
+#: Seconds before a backend asks a budget again about an invocation it held back (``admitted`` None).
+ADMIT_RETRY = 0.05
+
+
+def admitted(inv: Invocation) -> bool | None:
+    """Whether ``inv`` may be sent now (True: its budget allows it, or it has none), never (False: drop
+    it), or not yet (None: keep it first in the queue): backends ask right before sending."""
+    return True if inv.admit is None else inv.admit(inv)
 
 
 def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from dask_wren.backends.base import (
+    ADMIT_RETRY,
     Invocation,
     ProgressListeners,
     admitted,
@@ -258,6 +259,7 @@ class LocalBackend(ProgressListeners):
         self._thread: threading.Thread | None = None
         # dispatcher-thread state
         self._queue: deque[Invocation] = deque()
+        self._held = False  # a budget held the queue's first invocation back (``_next_admitted``)
         self._workers: list[_Worker] = []
         self._startup_failures = 0
         self._recent_call_time = 0.0  # seconds per call, smoothed: decides sending ahead
@@ -454,11 +456,18 @@ class LocalBackend(ProgressListeners):
                     self._send_invocation(w, inv)
 
     def _next_admitted(self) -> Invocation | None:
-        """The queue's next invocation its budget lets go (``Invocation.admit``); the others are dropped."""
+        """The queue's next invocation its budget lets go (``Invocation.admit``); those it refuses are
+        dropped, one it holds back stays first (and the pool sends nothing until it goes)."""
+        self._held = False
         while self._queue:
             inv = self._queue.popleft()
-            if admitted(inv):
+            verdict = admitted(inv)
+            if verdict:
                 return inv
+            if verdict is None:
+                self._queue.appendleft(inv)
+                self._held = True  # ask again within ADMIT_RETRY (``_next_wakeup``)
+                return None
         return None
 
     def _send_invocation(self, w: _Worker, inv: Invocation) -> None:
@@ -473,8 +482,10 @@ class LocalBackend(ProgressListeners):
             pass  # the worker is dying; its EOF will be read and its calls recorded
 
     def _next_wakeup(self) -> float | None:
-        """Seconds until the next deadline or memory check, or None when no worker is busy."""
+        """Seconds until the next deadline, memory check or budget question, or None when no worker is busy."""
         times = [w.started + w.current.timeout + self.kill_grace for w in self._workers if w.current is not None]
+        if self._held and self._queue:
+            times.append(time.monotonic() + ADMIT_RETRY)  # a budget held an invocation back: ask it again soon
         if not times:
             return None
         if self.memory_limit_mb:
