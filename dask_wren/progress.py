@@ -208,6 +208,4 @@ def _prices(executor: Any) -> Any:
     """The price table for the running cost of ``executor``'s calls; None off AWS."""
     if executor.settings.backend != "aws":
         return None
-    from dask_wren.cost import Prices
-
-    return Prices.load(executor.settings)
+    return executor._price_table()  # the executor's own, loaded once
