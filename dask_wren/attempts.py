@@ -16,7 +16,10 @@ function object, same argument bytes) that writes its record under a key of its 
 
 The first successful record wins; the other attempts still running are cancelled through the
 backend (their late records are never read).  A call fails when its failure is not retried and
-no other attempt of it is running; its exception then carries a note naming every attempt.
+no other attempt of it is running; its exception then carries a note naming every attempt.  A
+failure the policy retries that comes while another attempt runs is owed: if that other attempt
+fails too, even in a way not retried on its own (a straggler's timeout after its backup's worker
+died), the call is retried, so the order the records arrive in does not decide the outcome.
 ``future.stats["attempts"]`` lists the attempts: number, kind (first/retry/backup), request id
 and outcome.
 
@@ -123,6 +126,7 @@ class _Call:
     retries: int = 0  # retries launched
     backed_up: bool = False
     due: bool = False  # a retry waits out its backoff
+    owed: bool = False  # an attempt failed in a way the policy retries while another still ran
 
     def running(self, besides: int | None = None) -> list[_Attempt]:
         return [a for a in self.attempts if a.outcome is None and a.number != besides]
@@ -363,15 +367,18 @@ class Attempts:
                 call.attempts.append(attempt)
             attempt.outcome = "ok" if kind is None else f"{kind}: {error.get('message', '')}".strip()
             others = call.running(besides=number)
+            retried = kind is not None and job.policy.retried(kind, exc)
             if kind is None:
                 verdict = "resolve"
             elif others or call.due:
                 verdict = "wait"  # another attempt may still succeed (a straggler's timeout, its backup runs)
-            elif not job.policy.retried(kind, exc):
+                call.owed = call.owed or retried  # if it fails too, the call is still owed this retry
+            elif not (retried or call.owed):
                 verdict = "resolve"
             elif call.retries < job.policy.retries:
                 call.retries += 1
                 call.due = True
+                call.owed = False
                 delay = job.policy.delay(call.retries - 1)
                 heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), job.base["job_id"], call_id))
                 verdict = "retry"

@@ -22,7 +22,7 @@ class Transient(Exception):
     pass
 
 
-def first_run(marker_dir: str, i: int) -> bool:
+def first_run(marker_dir: str, i: int | str) -> bool:
     """True on the first run of call ``i`` (across workers and attempts), False after."""
     try:
         os.close(os.open(os.path.join(marker_dir, f"ran-{i}"), os.O_CREAT | os.O_EXCL))
@@ -47,6 +47,26 @@ def flaky(args):
             raise Transient(f"call {i} failed once")
         if how == "hang":
             time.sleep(60)
+    return i * i
+
+
+def run_number(marker_dir: str, i: int) -> int:
+    """Which run of call ``i`` this is (1, 2, ...), across workers and attempts."""
+    n = 1
+    while not first_run(marker_dir, f"{i}-{n}"):
+        n += 1
+    return n
+
+
+def hang_then_die(args):
+    """Call 3 hangs on its first run and its worker dies on the second; every other run returns."""
+    i, marker_dir = args
+    if i == 3:
+        n = run_number(marker_dir, i)
+        if n == 1:
+            time.sleep(60)
+        if n == 2:
+            os._exit(3)
     return i * i
 
 
@@ -122,6 +142,15 @@ def test_a_straggler_gets_a_backup_that_wins(executor, markers):
     assert kinds == ["first", "backup"]
     assert futures[3].stats["attempts"][1]["outcome"] == "ok"
     assert executor.attempts.launched["backup"] == 1
+
+
+def test_a_backup_that_dies_is_owed_a_retry_when_the_straggler_then_times_out(local_executor, markers):
+    # the backup's worker dies (retried) while the straggler still runs; the straggler then times
+    # out (not retried on its own): the call still gets the run its dead backup was owed
+    futures = local_executor.map(hang_then_die, [(i, markers) for i in range(20)], timeout=5)
+    assert [f.result(timeout=90) for f in futures] == [i * i for i in range(20)]
+    outcomes = [(a["kind"], a["outcome"].split(":")[0]) for a in futures[3].stats["attempts"]]
+    assert outcomes == [("first", "timeout"), ("backup", "worker_died"), ("retry", "ok")]
 
 
 def test_the_losing_attempt_on_lambda_is_stopped_by_the_cancel_marker(standin, markers):
