@@ -1,7 +1,7 @@
 """What a job costs: records' billing priced from the shipped table, checked against AWS's published prices.
 
 The published prices are written out here (aws.amazon.com/lambda/pricing, aws.amazon.com/s3/pricing;
-us-east-1), not read from prices.yaml: a wrong figure in the table fails these tests."""
+us-east-1, and S3's in the other shipped regions), not read from prices.yaml: a wrong figure in the table fails these tests."""
 
 import math
 
@@ -104,19 +104,40 @@ def test_estimate():
     assert dask_wren.estimate(0, 1.0).total == 0
 
 
+#: S3 Standard request prices per request (PUT class, GET class) in the other shipped regions;
+#: Lambda's first-tier prices there are us-east-1's
+S3_BY_REGION = {
+    "us-east-2": (0.005 / 1000, 0.0004 / 1000),
+    "us-west-2": (0.005 / 1000, 0.0004 / 1000),
+    "eu-west-1": (0.005 / 1000, 0.0004 / 1000),
+    "eu-central-1": (0.0054 / 1000, 0.00043 / 1000),
+}
+
+
+@pytest.mark.parametrize("region", sorted(S3_BY_REGION))
+def test_the_other_shipped_regions_price_from_their_published_figures(region):
+    put, get = S3_BY_REGION[region]
+    e = dask_wren.estimate(1000, 1.0, memory_mb=1024, region=region)
+    assert e.priced_as["region"] == [region]
+    assert e.compute == pytest.approx(1000 * X86_GB_SECOND) and e.lambda_requests == pytest.approx(1000 * REQUEST)
+    assert dask_wren.estimate(1000, 1.0, memory_mb=1024, arch="arm64", region=region).compute == pytest.approx(1000 * ARM_GB_SECOND)
+    rates = Prices.load(Settings.from_config()).rates(region, "x86_64")
+    assert (rates.s3_put, rates.s3_get) == (pytest.approx(put), pytest.approx(get))
+
+
 def test_an_unknown_region_says_how_to_add_it_and_the_override_merges():
-    with pytest.raises(dask_wren.ConfigError, match=r"(?s)region 'eu-west-1'.*wren\.prices.*\n    eu-west-1:"):
-        dask_wren.estimate(10, 1.0, region="eu-west-1")
-    table = {"eu-west-1": {"lambda": {"x86_64": {"gb-second": 0.00002, "request-per-million": 0.4}}, "s3": {"put-per-1000": 0.01, "get-per-1000": 0.001}}}
+    with pytest.raises(dask_wren.ConfigError, match=r"(?s)region 'ap-east-1'.*wren\.prices.*\n    ap-east-1:"):
+        dask_wren.estimate(10, 1.0, region="ap-east-1")
+    table = {"ap-east-1": {"lambda": {"x86_64": {"gb-second": 0.00002, "request-per-million": 0.4}}, "s3": {"put-per-1000": 0.01, "get-per-1000": 0.001}}}
     override_us = {"us-east-1": {"lambda": {"x86_64": {"request-per-million": 1.0}}}}
     with dask.config.set({"wren.prices": {**table, **override_us}}):
-        eu = dask_wren.estimate(10, 1.0, memory_mb=1024, region="eu-west-1")
+        hk = dask_wren.estimate(10, 1.0, memory_mb=1024, region="ap-east-1")
         us = dask_wren.estimate(10, 1.0, memory_mb=1024)
-    assert eu.compute == pytest.approx(10 * 0.00002) and eu.lambda_requests == pytest.approx(10 * 0.4e-6)
+    assert hk.compute == pytest.approx(10 * 0.00002) and hk.lambda_requests == pytest.approx(10 * 0.4e-6)
     # merged over the shipped table: the request price changed, the GB-second price stayed
     assert us.lambda_requests == pytest.approx(10e-6) and us.compute == pytest.approx(10 * X86_GB_SECOND)
-    with dask.config.set({"wren.cost-region": "eu-west-1", "wren.prices": table}):
-        assert dask_wren.estimate(1, 1.0).priced_as["region"] == ["eu-west-1"]
+    with dask.config.set({"wren.cost-region": "ap-east-1", "wren.prices": table}):
+        assert dask_wren.estimate(1, 1.0).priced_as["region"] == ["ap-east-1"]
 
 
 def test_money_keeps_sub_cent_digits():
