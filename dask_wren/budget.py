@@ -14,8 +14,9 @@ request); retries and backups are invocations too.  The hook compares
 
 with the budget, and answers one of three things:
 - within it: send (the hook then leaves the invocation: a throttled re-send is not checked again);
-- past it while attempts are in flight: *not yet* (the backend keeps it at the head of its queue
-  and asks again shortly): what is in flight may cost less than counted, and the estimate
+- past it while attempts are in flight: *not yet* (the backend holds it back, with this
+  executor's later invocations behind it, and asks again shortly; other executors' invocations
+  go past: ``InvocationQueue``): what is in flight may cost less than counted, and the estimate
   improves as calls finish;
 - past it with nothing in flight: the budget is exceeded for good: that invocation and every
   later one are dropped, the monitor is woken, and ``Attempts`` fails each call none of whose

@@ -6,6 +6,7 @@ import threading
 import time
 
 import botocore.exceptions
+import dask
 import pytest
 
 import dask_wren
@@ -20,9 +21,17 @@ from lambda_worker.signing import KEY_VARIABLE
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(autouse=True)
+def workers_key(monkeypatch):
+    """FakeLambda runs the handler in this process, which reads its key from the environment:
+    this process's local key, put there for each test (an earlier test's fixture may have set the
+    variable that ``local_key`` read first, and taken it away again)."""
+    monkeypatch.setenv(KEY_VARIABLE, local_key().text())
+
+
 class FakeLambda:
     """Speaks the two Lambda calls the backend makes; runs the real handler in a thread (with this
-    process's key, which the local key put into its environment)."""
+    process's key, which ``workers_key`` puts into its environment)."""
 
     def __init__(self, versions=None, drop=(), fail_invoke=None, missing=False, *, timeout=900, retries=0,
                  reserved=None, unreserved=None, recorded=None):
@@ -115,6 +124,31 @@ def test_map_through_async_invokes(tmp_path):
         assert dask_wren.get_all_results(ex.map(square, range(20))) == [i * i for i in range(20)]
         assert ex.reduce(sum, ex.map(square, range(4))).result() == 14
     assert backend.sent == 20 + 4 + 1
+    backend.shutdown()
+
+
+def test_a_budget_holding_back_does_not_stall_another_executors_invokes(tmp_path):
+    """The backend is shared: while one executor's budget holds its third invocation back, another
+    executor's invocations are still sent."""
+    from tests.conftest import gate, wait_until
+    from tests.test_budget import ONE_DOLLAR_AN_INVOCATION
+
+    client = FakeLambda()
+    other, backend = make(tmp_path, client)
+    opened = tmp_path / "open"
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
+        # the handler runs in this process: a call past its timeout would end it, so the gated calls get 60 s
+        capped = Executor(Settings.from_config(storage_dir=str(tmp_path), timeout=60, budget=2.5), backend=backend)
+    with capped, other:
+        held = capped.map(gate, [str(opened)] * 4, backups=False)
+        wait_until(lambda: capped._budget.in_flight == pytest.approx(2.0), what="two calls to be sent")
+        assert other.get_result(other.map(square, range(3)), timeout=30) == [0, 1, 4]
+        assert not any(f.done() for f in held)
+        opened.touch()
+        dask_wren.wait(held)
+        assert [f.exception() is None for f in held] == [True, True, False, False]
+        assert isinstance(held[-1].exception(), dask_wren.BudgetExceededError)
+    assert backend.sent == 2 + 3
     backend.shutdown()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import dask_wren
 from dask_wren import BudgetExceededError
+from dask_wren.backends.base import Invocation, InvocationQueue
 from tests.conftest import gate, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,6 +97,24 @@ def test_the_first_wave_is_bounded_by_what_lambda_could_bill(tmp_path):
         assert ex.cost().total < 25
 
 
+def test_a_budget_holding_back_does_not_stall_another_executor_on_the_same_pool(tmp_path):
+    """Executors with the same settings share one pool: while one's budget holds its third call
+    back, another executor's calls still run on the free worker."""
+    opened = tmp_path / "open"
+    settings = {"storage_dir": str(tmp_path / "store"), "workers": 3, "memory_mb": 1997}
+    with dask.config.set({"wren.prices": ONE_DOLLAR_AN_INVOCATION}):
+        capped = dask_wren.default_executor(budget=2.5, **settings)
+    other = dask_wren.default_executor(**settings)
+    with capped, other:
+        assert capped.backend is other.backend
+        held = capped.map(gate, [str(opened)] * 4, backups=False)
+        wait_until(lambda: capped._budget.in_flight == pytest.approx(2.0), what="two calls to be sent")
+        assert other.get_result(other.map(abs, range(-3, 0)), timeout=60) == [3, 2, 1]
+        assert not any(f.done() for f in held)  # still held back behind the gated two, not failed
+        opened.touch()
+        assert outcomes(held) == ["ok", "ok", "BudgetExceededError", "BudgetExceededError"]
+
+
 def test_a_budget_smaller_than_one_call_at_worst_says_so(tmp_path):
     with dask.config.set({"wren.prices": PER_GB_SECOND}):
         ex = dask_wren.default_executor(storage_dir=str(tmp_path / "store"), workers=1, memory_mb=1024, budget=5)
@@ -149,3 +168,46 @@ def test_the_budget_applies_per_wren_get_compute(tmp_path):
         assert dask.compute(*tasks, scheduler="wren") == (0, 1, 2, 3)  # a new compute, a new budget
         with pytest.raises(BudgetExceededError, match="budget of \\$4.50"):
             dask.compute(*[dask.delayed(abs)(-i) for i in range(8)], scheduler="wren")
+
+
+class Gate:
+    """A budget stand-in: answers each invocation from ``verdicts`` (request id -> True/None/False)."""
+
+    def __init__(self, **verdicts):
+        self.verdicts = verdicts
+        self.asked = []
+
+    def admit(self, inv):
+        self.asked.append(inv.request_id)
+        verdict = self.verdicts.get(inv.request_id, True)
+        if verdict:
+            inv.admit = None
+        return verdict
+
+
+def invocation(request_id, budget=None):
+    return Invocation(request_id, {"calls": [{"id": request_id}]}, [request_id], 10.0, admit=None if budget is None else budget.admit)
+
+
+def test_the_queue_holds_back_one_budgets_line_and_lets_the_others_pass():
+    a, b = Gate(a1=None), Gate(b2=False)
+    queue = InvocationQueue()
+    for inv in (invocation("a1", a), invocation("x1"), invocation("a2", a), invocation("b1", b), invocation("b2", b), invocation("b3", b)):
+        queue.append(inv)
+    taken = []
+    while True:
+        inv, held = queue.take()
+        if inv is None:
+            break
+        taken.append(inv.request_id)
+    # a1 is held and a2 waits behind it unasked; b2 is refused and dropped; the rest go in order
+    assert taken == ["x1", "b1", "b3"] and held and len(queue) == 2
+    assert a.asked.count("a2") == 0 and b.asked == ["b1", "b2", "b3"]
+    queue.appendleft(invocation("a0", a))  # a retry of a's goes first in a's line
+    queue.append(invocation("x2"))
+    assert queue.take()[0].request_id == "a0"  # a0 is let go (asked first); a1 still holds its line
+    assert queue.take()[0].request_id == "x2" and len(queue) == 2
+    assert queue.cancel("a2", "a2") and len(queue) == 1  # every call of it cancelled: gone
+    a.verdicts["a1"] = True
+    inv, held = queue.take()
+    assert inv.request_id == "a1" and not held and queue.take() == (None, False) and len(queue) == 0

@@ -56,7 +56,6 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +67,8 @@ from dask_wren.backends import aws_invoker
 from dask_wren.backends.base import (
     ADMIT_RETRY,
     Invocation,
+    InvocationQueue,
     ProgressListeners,
-    admitted,
-    cancel_queued,
     shared_backend,
     write_failure_records,
 )
@@ -162,7 +160,7 @@ class AWSLambdaBackend(ProgressListeners):
         self._pool: aws_invoker.InvokerPool | None = None
         self._pool_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._queue: deque[Invocation] = deque()
+        self._queue = InvocationQueue()
         self._in_flight: dict[str, _InFlight] = {}  # first request id -> entry
         self._ramp_start: float | None = None
         self._threads: list[threading.Thread] = []
@@ -203,7 +201,7 @@ class AWSLambdaBackend(ProgressListeners):
     def cancel(self, request_id: str, call_id: str) -> None:
         """Drop a call that has not been sent; a sent one runs, and its result is ignored."""
         with self._cond:
-            if cancel_queued(self._queue, request_id, call_id):
+            if self._queue.cancel(request_id, call_id):
                 return
             entry = self._in_flight.get(request_id)
             if entry is not None:
@@ -229,7 +227,7 @@ class AWSLambdaBackend(ProgressListeners):
     def shutdown(self) -> None:
         with self._cond:
             self._closed = True
-            self._queue.clear()
+            self._queue.drain()
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=5)
@@ -466,8 +464,7 @@ class AWSLambdaBackend(ProgressListeners):
                 return
             self._failure = f"the AWS backend's {name} failed ({type(error).__name__}: {error})"
             self._closed = True
-            pending = list(self._queue) + [entry.invocation for entry in self._in_flight.values()]
-            self._queue.clear()
+            pending = self._queue.drain() + [entry.invocation for entry in self._in_flight.values()]
             self._in_flight.clear()
             self._cond.notify_all()
         logger.error("dask-wren: %s", self._failure, exc_info=error)
@@ -497,13 +494,10 @@ class AWSLambdaBackend(ProgressListeners):
                 if self._queue:
                     # Lambda counts concurrency in executions: one per invocation, whatever its chunksize
                     if len(self._in_flight) < self._ceiling(time.monotonic()):
-                        inv = self._queue.popleft()
-                        verdict = admitted(inv)
-                        if verdict is None:  # its executor's budget holds it back: first in line, ask again soon
-                            self._queue.appendleft(inv)
-                            self._cond.wait(timeout=ADMIT_RETRY)
-                            continue
-                        if not verdict:  # over its executor's budget: dropped (the budget fails its calls)
+                        inv, held = self._queue.take()
+                        if inv is None:
+                            if held:  # budgets hold back what is left: ask them again soon
+                                self._cond.wait(timeout=ADMIT_RETRY)
                             continue
                         self._in_flight[inv.request_id] = _InFlight(inv, set(inv.call_ids) - inv.cancelled)
                         return inv

@@ -33,33 +33,91 @@ class Invocation:
     #: ``time.monotonic()`` when a worker began running it (set by the backend): stragglers count from here
     dispatched: float | None = None
     #: Set by an executor with a budget (``dask_wren.budget``): the backend calls ``admit(self)`` right
-    #: before it sends the invocation; it drops it on False (the hook fails its calls) and keeps it at
-    #: the head of its queue on None (not yet: asks again within ``ADMIT_RETRY`` s); an admitted
-    #: invocation's hook is cleared, so a re-send is not checked again
+    #: before it sends the invocation (``InvocationQueue.take``); it drops it on False (the hook
+    #: fails its calls) and holds it back on None (not yet: asks again within ``ADMIT_RETRY`` s);
+    #: an admitted invocation's hook is cleared, so a re-send is not checked again
     admit: Callable[[Invocation], bool | None] | None = None
 
 
-#: Seconds before a backend asks a budget again about an invocation it held back (``admitted`` None).
+#: Seconds before a backend asks a budget again about an invocation it held back.
 ADMIT_RETRY = 0.05
 
 
-def admitted(inv: Invocation) -> bool | None:
-    """Whether ``inv`` may be sent now (True: its budget allows it, or it has none), never (False: drop
-    it), or not yet (None: keep it first in the queue): backends ask right before sending."""
-    return True if inv.admit is None else inv.admit(inv)
+class InvocationQueue:
+    """A backend's invocations not sent yet, in order, with each budget's held back apart.
 
+    Backends are shared between executors, so one executor at its budget (its hook answers "not
+    yet") must not stall the others: its held invocation, and its later ones as they come to the
+    front, wait in a line of their own, and ``take`` asks only that line's first one again.  Each
+    invocation moves at most once, so a long held line costs nothing per look.  ``appendleft``
+    (a retry, a backup, a re-send) stays first within its own line.
+    """
 
-def cancel_queued(queue: deque[Invocation], request_id: str, call_id: str) -> bool:
-    """Drop ``call_id`` from the queued invocation ``request_id``; False if not queued."""
-    for inv in queue:
-        if inv.request_id == request_id:
-            inv.cancelled.add(call_id)
-            if inv.cancelled >= set(inv.call_ids):
-                queue.remove(inv)
-            elif "calls" in inv.event:
-                inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
-            return True
-    return False
+    def __init__(self) -> None:
+        self._ready: deque[Invocation] = deque()
+        self._held: dict[Any, deque[Invocation]] = {}  # budget -> its invocations, oldest first
+
+    @staticmethod
+    def _owner(inv: Invocation) -> Any:
+        return None if inv.admit is None else getattr(inv.admit, "__self__", inv.admit)
+
+    def append(self, inv: Invocation) -> None:
+        self._ready.append(inv)
+
+    def appendleft(self, inv: Invocation) -> None:
+        line = self._held.get(self._owner(inv))
+        (self._ready if line is None else line).appendleft(inv)
+
+    def take(self) -> tuple[Invocation | None, bool]:
+        """The first invocation that may be sent now (or None), and whether a budget holds any back.
+        Invocations a budget refuses are dropped (it fails their calls)."""
+        for owner, line in list(self._held.items()):
+            while line:
+                verdict = True if line[0].admit is None else line[0].admit(line[0])
+                if verdict is None:
+                    break
+                inv = line.popleft()
+                if verdict:
+                    if not line:
+                        del self._held[owner]
+                    return inv, bool(self._held)
+            else:
+                del self._held[owner]
+        while self._ready:
+            inv = self._ready.popleft()
+            owner = self._owner(inv)
+            if owner in self._held:
+                self._held[owner].append(inv)
+                continue
+            verdict = True if inv.admit is None else inv.admit(inv)
+            if verdict:
+                return inv, bool(self._held)
+            if verdict is None:
+                self._held[owner] = deque([inv])
+        return None, bool(self._held)
+
+    def cancel(self, request_id: str, call_id: str) -> bool:
+        """Drop ``call_id`` from the queued invocation ``request_id``; False if not queued."""
+        for line in (self._ready, *self._held.values()):
+            for inv in line:
+                if inv.request_id == request_id:
+                    inv.cancelled.add(call_id)
+                    if inv.cancelled >= set(inv.call_ids):
+                        line.remove(inv)
+                    elif "calls" in inv.event:
+                        inv.event = dict(inv.event, calls=[c for c in inv.event["calls"] if c["id"] not in inv.cancelled])
+                    return True
+        return False
+
+    def drain(self) -> list[Invocation]:
+        """Empty the queue; the invocations it held (to fail them, or to forget them)."""
+        out = [inv for line in self._held.values() for inv in line] + list(self._ready)
+        self._held.clear()
+        self._ready.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._ready) + sum(len(line) for line in self._held.values())
 
 
 class ProgressListeners:

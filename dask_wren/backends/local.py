@@ -62,9 +62,8 @@ from multiprocessing.connection import Connection, wait
 from dask_wren.backends.base import (
     ADMIT_RETRY,
     Invocation,
+    InvocationQueue,
     ProgressListeners,
-    admitted,
-    cancel_queued,
     shared_backend,
     write_failure_records,
 )
@@ -258,8 +257,8 @@ class LocalBackend(ProgressListeners):
         self._failure: str | None = None  # the dispatcher itself failed: this pool is finished
         self._thread: threading.Thread | None = None
         # dispatcher-thread state
-        self._queue: deque[Invocation] = deque()
-        self._held = False  # a budget held the queue's first invocation back (``_next_admitted``)
+        self._queue = InvocationQueue()
+        self._held = False  # a budget holds invocations back (``_next_admitted``): ask it again soon
         self._workers: list[_Worker] = []
         self._startup_failures = 0
         self._recent_call_time = 0.0  # seconds per call, smoothed: decides sending ahead
@@ -358,8 +357,7 @@ class LocalBackend(ProgressListeners):
             self._failure = f"the local backend's dispatcher failed ({type(error).__name__}: {error})"
             self._closed = True
             posted = [inv for m in list(self._inbox) if isinstance(m, _Invoke) for inv in m.invocations]
-        pending = list(self._queue) + [inv for w in self._workers for inv in w.sent] + posted
-        self._queue.clear()
+        pending = self._queue.drain() + [inv for w in self._workers for inv in w.sent] + posted
         for inv in pending:
             if self.records_failures:
                 write_failure_records(inv, protocol.FAIL_BACKEND, self._failure, self.signing_key)
@@ -410,7 +408,7 @@ class LocalBackend(ProgressListeners):
         return True
 
     def _cancel(self, request_id: str, call_id: str) -> None:
-        if cancel_queued(self._queue, request_id, call_id):
+        if self._queue.cancel(request_id, call_id):
             return
         for w in self._workers:
             for position, inv in enumerate(w.sent):
@@ -456,19 +454,10 @@ class LocalBackend(ProgressListeners):
                     self._send_invocation(w, inv)
 
     def _next_admitted(self) -> Invocation | None:
-        """The queue's next invocation its budget lets go (``Invocation.admit``); those it refuses are
-        dropped, one it holds back stays first (and the pool sends nothing until it goes)."""
-        self._held = False
-        while self._queue:
-            inv = self._queue.popleft()
-            verdict = admitted(inv)
-            if verdict:
-                return inv
-            if verdict is None:
-                self._queue.appendleft(inv)
-                self._held = True  # ask again within ADMIT_RETRY (``_next_wakeup``)
-                return None
-        return None
+        """The queue's next invocation that may be sent (``InvocationQueue.take``); while a budget holds
+        some back, the pool asks again within ADMIT_RETRY (``_next_wakeup``)."""
+        inv, self._held = self._queue.take()
+        return inv
 
     def _send_invocation(self, w: _Worker, inv: Invocation) -> None:
         w.sent.append(inv)
@@ -590,9 +579,8 @@ class LocalBackend(ProgressListeners):
                     "Check that dask-wren is installed in this Python environment "
                     f"({sys.executable}), e.g. `pip install dask-wren`; worker output:\n{startup_log}"
                 )
-                for pending in list(self._queue) + ([inv] if inv else []):
+                for pending in self._queue.drain() + ([inv] if inv else []):
                     self._failed(pending, "died", protocol.FAIL_WORKER_DIED, self._broken)
-                self._queue.clear()
                 self.notify()
                 return
         if inv is not None:
