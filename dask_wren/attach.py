@@ -41,6 +41,7 @@ from typing import Any
 from dask_wren import jobs, orphans
 from dask_wren.attempts import INFRASTRUCTURE
 from dask_wren.config import Settings, make_storage
+from dask_wren.cost import Tally
 from dask_wren.errors import ConfigError, LostCallError, WrenError
 from dask_wren.executor import Executor
 from dask_wren.futures import WrenFuture
@@ -86,9 +87,9 @@ def attach(job_id: str, *, executor: Executor | None = None, **overrides: Any) -
     orphans.adopt(protocol.job_prefix(settings.prefix, job_id))  # before an executor's sweep can see it
     ex = executor if executor is not None else Executor(settings, storage=storage)
     try:
-        futures = ex._adopt(job_id, int(manifest["calls"]), own=host != _ALIVE)
-        judge = _Judge(ex.storage, settings, job_id, manifest, futures)
-        ex.monitor.watch(settings.prefix, job_id, {f.call_id: f for f in futures}, judge=judge)
+        futures, tally = ex._adopt(job_id, int(manifest["calls"]), own=host != _ALIVE, host_requests=manifest.get("host_requests"))
+        judge = _Judge(ex.storage, settings, job_id, manifest, futures, tally)
+        ex.monitor.watch(settings.prefix, job_id, {f.call_id: f for f in futures}, judge=judge, tally=tally)
     except BaseException:
         if executor is None:  # the one made here has nobody else to shut it down
             ex.shutdown(wait=False)
@@ -145,8 +146,11 @@ class _Judge:
         dead_rounds  rounds that found the local host dead (2: a listing came after its death)
     """
 
-    def __init__(self, storage: Storage, settings: Settings, job_id: str, manifest: dict[str, Any], futures: list[WrenFuture]):
+    def __init__(
+        self, storage: Storage, settings: Settings, job_id: str, manifest: dict[str, Any], futures: list[WrenFuture], tally: Tally,
+    ):
         self.storage = storage
+        self.tally = tally  # the adopting executor's for this job: what its records billed (``Executor.cost``)
         self.prefix = settings.prefix
         self.manifest = manifest
         self.job_id = job_id
@@ -180,6 +184,7 @@ class _Judge:
             self.waiting.pop(future.call_id, None)
             return True
         header, start = protocol.decode_header(record, key=future.signing_key, storage_key=key)
+        self.tally.add(header)
         self.last = max(self.last, _record_time(header))
         call_id = future.call_id
         error = header.get("error") or {}

@@ -372,11 +372,13 @@ class Executor:
         """Forget the listener of a ``map_with_listener`` job."""
         self._job_listeners.pop(job_id, None)
 
-    def _adopt(self, job_id: str, calls: int, own: bool) -> list[WrenFuture]:
+    def _adopt(self, job_id: str, calls: int, own: bool, host_requests: dict[str, int] | None = None) -> tuple[list[WrenFuture], Tally]:
         """Futures for the calls of a job another host submitted (``dask_wren.attach``, which hands
         them to the monitor): waited for and cancelled as this executor's own (a cancel writes the
         job's marker, which reaches running calls).  ``own`` (its host is not known to run): the
-        job is this executor's, stopped at its exit and deleted at its shutdown (``wren.cleanup``)."""
+        job is this executor's, stopped at its exit and deleted at its shutdown (``wren.cleanup``).
+        The job's tally counts in ``cost()``: its records and the requests of both hosts that are
+        known (the submitting host's submit PUTs, from its manifest, and this one's reads)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("this executor has been shut down; create a new one")
@@ -384,10 +386,12 @@ class Executor:
                 raise ValueError(f"job {job_id} is this executor's already")
             if own:
                 self._jobs.append(job_id)
+            tally = self._tallies[job_id] = Tally()
+        tally.add_host(host_requests)
         futures = [self._make_future(job_id, protocol.call_id_for(i)) for i in range(calls)]
         for f in futures:
             f.stats["request_id_sent"] = None  # its own host sent it: a cancel must reach the worker
-        return futures
+        return futures, tally
 
     def _stop_attempt(self, request_id: str, future: WrenFuture) -> None:
         """An attempt of ``future``'s call lost to another: stop it (its record would be ignored)."""

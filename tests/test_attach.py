@@ -156,7 +156,18 @@ def test_attach_to_a_finished_job_and_the_attempts_its_records_show(tmp_path):
     with pytest.raises(ValueError, match="invalid literal"):
         attached[2].result()
     with dask_wren.local_executor(storage_dir=store, workers=1) as other:
-        assert dask_wren.get_all_results(dask_wren.attach(futures[0].job_id, executor=other)[:2], timeout=30) == [1, 2]
+        again = dask_wren.attach(futures[0].job_id, executor=other)
+        assert dask_wren.get_all_results(again[:2], timeout=30) == [1, 2]
+        dask_wren.wait(again)
+        # the attached job counts in its adopter's cost(): what its records billed, the submit
+        # PUTs its manifest names, and the adopter's own reads
+        theirs, ours = ex.cost(), other.cost()
+        assert ours.calls == theirs.calls == 3
+        assert (ours.invocations, ours.billed_ms, ours.init_ms) == (theirs.invocations, theirs.billed_ms, theirs.init_ms)
+        assert ours.compute == pytest.approx(theirs.compute) and ours.compute > 0
+        manifest = json.loads(other.storage.get(protocol.manifest_key(PREFIX, futures[0].job_id)))
+        tally = other._tallies[futures[0].job_id]
+        assert tally.host_put == manifest["host_requests"]["put"] and tally.host_get == 3 and tally.host_list >= 1
     assert job_objects(ex.storage, futures[0].job_id)  # its host (this process) runs: its objects stay
 
 
