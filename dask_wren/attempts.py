@@ -115,6 +115,7 @@ class _Attempt:
     request_id: str
     outcome: str | None = None  # None while it runs; "ok", or "<kind>: <message>"
     invocation: Invocation | None = None
+    ran: tuple[float, float] | None = None  # when its function ran (worker clock), from its record
 
     def summary(self) -> dict[str, Any]:
         return {"attempt": self.number, "kind": self.kind, "request_id": self.request_id, "outcome": self.outcome or "running"}
@@ -366,6 +367,7 @@ class Attempts:
                 attempt = _Attempt(number, "unknown", header.get("request_id", ""))
                 call.attempts.append(attempt)
             attempt.outcome = "ok" if kind is None else f"{kind}: {error.get('message', '')}".strip()
+            attempt.ran = ran_span(header.get("timings") or {})
             others = call.running(besides=number)
             retried = kind is not None and job.policy.retried(kind, exc)
             if kind is None:
@@ -388,8 +390,11 @@ class Attempts:
                 self._finished(job.base["job_id"], job, call_id)
                 self._calls.pop((job.base["job_id"], call_id), None)
             summary = [a.summary() for a in call.attempts]
+            earlier = [list(a.ran) for a in call.attempts if a.ran is not None and a is not attempt]
         self._call_done(attempt.request_id, call_id)
         future.stats["attempts"] = summary
+        if verdict == "resolve" and earlier:
+            future.stats["earlier_runs"] = earlier  # the timeline plot draws them beside the final run
         if verdict == "retry":
             logger.info("dask-wren: call %s/%s failed (%s); retrying", future.job_id, call_id, attempt.outcome[:200])
         if verdict != "resolve":
@@ -471,6 +476,14 @@ class Attempts:
                 return False  # cancelled meanwhile
             return True
         return False
+
+
+def ran_span(timings: dict[str, Any]) -> tuple[float, float] | None:
+    """When an attempt's function ran, from its record's timings: start to end (a call stopped at
+    its timeout has no end: its record's write ends it); None if it never started."""
+    start = timings.get("worker_call_start")
+    end = timings.get("worker_call_end") or timings.get("worker_result_write")
+    return None if start is None or end is None else (float(start), float(end))
 
 
 def _note(exc: BaseException, text: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dask_wren import jobs, signing
+from dask_wren.attempts import ran_span
 from dask_wren.config import Settings, make_storage
 from dask_wren.errors import IntegrityError
 from lambda_worker.protocol import STATUS_OK
@@ -56,9 +57,15 @@ class Row:
     result_seen: float | None  # the host saw it (live futures only)
     cold: bool  # the first invocation of its execution environment
     status: str | None  # "ok", "error", "failed"; None: no record (yet)
+    #: when the call's other attempts ran their function (a failure that was retried, a losing
+    #: straggler or backup), from the records the host read or storage holds
+    earlier: tuple[tuple[float, float], ...] = ()
 
 
-def _row(call_id: str, times: Mapping[str, Any], status: str | None, submitted: float | None = None) -> Row:
+def _row(
+    call_id: str, times: Mapping[str, Any], status: str | None, submitted: float | None = None,
+    earlier: Iterable[Iterable[float]] = (),
+) -> Row:
     """A row from a mapping with the handler's timing keys (a future's stats, a record's timings)."""
     return Row(
         call_id=call_id,
@@ -71,6 +78,7 @@ def _row(call_id: str, times: Mapping[str, Any], status: str | None, submitted: 
         result_seen=times.get("host_result_seen"),
         cold=bool(times.get("worker_cold")),
         status=status,
+        earlier=tuple(sorted(tuple(span) for span in earlier)),  # type: ignore[misc]
     )
 
 
@@ -83,10 +91,11 @@ def rows(source: Iterable[WrenFuture] | jobs.Job) -> list[Row]:
             header = source.final(call_id)
             if header is None:
                 out.append(_row(call_id, {}, None, submitted))
-            else:
-                out.append(_row(call_id, header.get("timings", {}), header.get("status"), submitted))
+                continue
+            others = (ran_span(h.get("timings") or {}) for h in source.records[call_id] if h is not header)
+            out.append(_row(call_id, header.get("timings", {}), header.get("status"), submitted, filter(None, others)))
         return out
-    return [_row(f.call_id, f.stats, (f.header or {}).get("status")) for f in source]
+    return [_row(f.call_id, f.stats, (f.header or {}).get("status"), None, f.stats.get("earlier_runs", ())) for f in source]
 
 
 def _running(spans: list[tuple[float, float]]) -> tuple[list[float], list[int]]:
@@ -131,9 +140,11 @@ def _figure_class() -> type[Figure]:
 
 
 def draw(call_rows: list[Row], title: str = "") -> Figure:
-    """The figure of ``call_rows``: a timeline (one line per call), the calls running over time, and
-    a histogram of the function's durations.  Artists carry gids (``waiting``, ``setup``, ``function``,
-    ``cold``, ``failed``, ``seen``, ``running``, ``durations``) so their content can be checked."""
+    """The figure of ``call_rows``: a timeline (one line per call, a call's other attempts beside
+    its final one), the functions running over time (every attempt's), and a histogram of the
+    final attempts' durations.  Artists carry gids (``waiting``, ``setup``, ``function``,
+    ``earlier``, ``cold``, ``failed``, ``seen``, ``running``, ``durations``) so their content can be
+    checked."""
     figure_class = _matplotlib_figure()
     from matplotlib.lines import Line2D
 
@@ -168,6 +179,12 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
         colors=["tab:blue" if r.status == STATUS_OK else "tab:red" for r in ran], lw=2, label="function running",
         gid="function",
     )
+    spans = [(i, span) for i, r in enumerate(call_rows) for span in r.earlier]
+    if spans:
+        timeline.hlines(
+            [i for i, _ in spans], rel(a for _, (a, _) in spans), rel(b for _, (_, b) in spans), color="tab:orange",
+            lw=2, label=f"another attempt of the call ({len(spans)}: retried, or lost to a backup)", gid="earlier",
+        )
     ys, rs = where(lambda r: r.cold and r.started is not None)
     timeline.scatter(
         rel(r.started for r in rs), ys, marker=">", s=24, color=_COLD, zorder=3, label=f"cold start ({len(rs)})",
@@ -191,7 +208,7 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     timeline.legend(handles, labels, loc="upper right", fontsize="small")
     timeline.set_title(title)
 
-    times, counts = _running([(r.call_start, r.call_end) for r in ran])  # type: ignore[misc]
+    times, counts = _running([(r.call_start, r.call_end) for r in ran] + [span for _, span in spans])  # type: ignore[misc]
     running.step(rel([t0] + times), [0] + counts, where="post", color="tab:blue", gid="running")
     running.set_ylabel("calls running")
     running.set_ylim(0, max(counts, default=0) + 1)
@@ -200,7 +217,9 @@ def draw(call_rows: list[Row], title: str = "") -> Figure:
     running.set_xlabel("seconds since the first submission")
 
     durations = [r.call_end - r.call_start for r in ran]  # type: ignore[operator]
-    hist.hist(durations, bins="auto" if durations else 1, color="tab:blue", gid="durations")
+    # numpy's "auto" bins fail on durations that differ by a rounding error only: one bin then
+    spread = max(durations) - min(durations) if durations else 0.0
+    hist.hist(durations, bins="auto" if spread > 1e-9 else 1, color="tab:blue", gid="durations")
     hist.set_xlabel("function duration (s)")
     hist.set_ylabel("calls")
     fig.text(0.01, 0.0, CLOCK_NOTE, fontsize="x-small", color="0.35", va="bottom", wrap=True)

@@ -164,3 +164,46 @@ def test_plot_of_an_aws_job_id_reads_s3_alone(standin):
     (cold,) = artists(fig, "cold")
     assert len(cold.get_offsets()) == sum(bool(f.stats["worker_cold"]) for f in futures)
     assert "aws" in fig.axes[0].get_title()
+
+
+def test_another_attempt_of_a_call_is_drawn_beside_its_final_run():
+    """A retried call's earlier run is an orange span on its row, and it counts as running."""
+    fig = draw([
+        Row("000000", 0.0, 0.1, 0.2, 0.2, 0.5, 0.6, None, cold=False, status="ok"),
+        Row("000001", 0.0, 1.1, 1.2, 1.2, 1.5, 1.6, None, cold=False, status="ok", earlier=((0.3, 0.9),)),
+    ])
+    (earlier,) = artists(fig, "earlier")
+    assert [(tuple(a), tuple(b)) for a, b in earlier.get_segments()] == [((pytest.approx(0.3), 1), (pytest.approx(0.9), 1))]
+    (running,) = artists(fig, "running")
+    assert max(running.get_ydata()) == 2  # 0.3-0.5: call 0's run and call 1's first
+    assert sum(p.get_height() for p in artists(fig, "durations")) == 2  # final runs only
+
+
+class Flaky(Exception):
+    pass
+
+
+def fails_first(item):
+    """Run remotely: the first run of call 1 raises (its marker file says a later run is not the first)."""
+    i, folder = item
+    marker = os.path.join(folder, f"ran-{i}")
+    if i == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise Flaky("first run")
+    return i
+
+
+def test_a_retried_call_shows_both_runs_from_futures_and_from_storage(tmp_path):
+    settings = {"storage_dir": str(tmp_path / "store"), "workers": 1, "cleanup": False, "retry_backoff": 0}
+    with dask_wren.default_executor(**settings) as ex:
+        futures = ex.map(fails_first, [(i, str(tmp_path)) for i in range(3)], retry_on=(Flaky,))
+        assert dask_wren.get_all_results(futures) == [0, 1, 2]
+    config = Settings.from_config(**settings)
+    live = rows(futures)
+    stored = rows(jobs.load_job(make_storage(config), config.prefix, futures[0].job_id, host_key(config)))
+    assert [len(r.earlier) for r in live] == [len(r.earlier) for r in stored] == [0, 1, 0]
+    assert live[1].earlier == stored[1].earlier
+    (start, end), = live[1].earlier
+    assert start <= end <= live[1].call_start  # the failed run came before the one that counted
+    (earlier,) = artists(plot(futures), "earlier")
+    assert len(earlier.get_segments()) == 1
