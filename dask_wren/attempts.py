@@ -18,8 +18,9 @@ The first successful record wins; the other attempts still running are cancelled
 backend (their late records are never read).  A call fails when its failure is not retried and
 no other attempt of it is running; its exception then carries a note naming every attempt.  A
 failure the policy retries that comes while another attempt runs is owed: if that other attempt
-fails too, even in a way not retried on its own (a straggler's timeout after its backup's worker
-died), the call is retried, so the order the records arrive in does not decide the outcome.
+then fails too, in any way (a straggler's timeout after its backup's worker died or its invoke
+was dropped), the call is retried, as it would have been had the records arrived the other way
+round (the later failure, one the policy retries, would then have found no attempt running).
 ``future.stats["attempts"]`` lists the attempts: number, kind (first/retry/backup), request id
 and outcome.
 
@@ -374,7 +375,7 @@ class Attempts:
                 verdict = "resolve"
             elif others or call.due:
                 verdict = "wait"  # another attempt may still succeed (a straggler's timeout, its backup runs)
-                call.owed = call.owed or retried  # if it fails too, the call is still owed this retry
+                call.owed = call.owed or retried  # if the other fails too, the call is still owed this retry
             elif not (retried or call.owed):
                 verdict = "resolve"
             elif call.retries < job.policy.retries:
