@@ -71,7 +71,7 @@ class InvocationQueue:
     def take(self) -> tuple[Invocation | None, bool]:
         """The first invocation that may be sent now (or None), and whether a budget holds any back.
         Invocations a budget refuses are dropped (it fails their calls)."""
-        for owner, line in list(self._held.items()):
+        for owner, line in list(self._held.items()) if self._held else ():
             while line:
                 verdict = True if line[0].admit is None else line[0].admit(line[0])
                 if verdict is None:
@@ -85,11 +85,13 @@ class InvocationQueue:
                 del self._held[owner]
         while self._ready:
             inv = self._ready.popleft()
+            if inv.admit is None:  # no budget (or admitted already): the common case
+                return inv, bool(self._held)
             owner = self._owner(inv)
             if owner in self._held:
                 self._held[owner].append(inv)
                 continue
-            verdict = True if inv.admit is None else inv.admit(inv)
+            verdict = inv.admit(inv)
             if verdict:
                 return inv, bool(self._held)
             if verdict is None:
@@ -117,7 +119,10 @@ class InvocationQueue:
         return out
 
     def __len__(self) -> int:
-        return len(self._ready) + sum(len(line) for line in self._held.values())
+        return len(self._ready) + (sum(map(len, self._held.values())) if self._held else 0)
+
+    def __bool__(self) -> bool:
+        return bool(self._ready) or any(self._held.values())
 
 
 class ProgressListeners:
