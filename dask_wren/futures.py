@@ -19,6 +19,7 @@ monitor: ``done()``/``result()`` look for its record in storage themselves.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -211,15 +212,67 @@ class WrenFuture(cf.Future):
         return _rebuild_future, (self.storage.spec(), self.key, self.job_id, self.call_id, dict(self.stats), key_id)
 
     def _poll_detached(self) -> bool:
+        """Look for the call's outcome in storage; True once the future is resolved.
+
+        A future pickled after its call resolved knows the deciding record.  One pickled before
+        knows only the first attempt's key, and its host may have run the call again (a retry, a
+        backup), each attempt under a key of its own: an ``ok`` record of any attempt resolves it;
+        a failure does so once no later attempt can come, by the rule ``dask_wren.attach`` uses:
+        the failure is not one a host retries, or the call failed more often than the job's
+        ``retries`` (its manifest)."""
         try:
             record = self.storage.get(self.key)
         except KeyNotFound:
-            return False
+            record = None
         try:
-            self._resolve(record)
+            if protocol.parse_result_key(self.key)[1] > 0:  # the deciding attempt: pickled once resolved
+                if record is None:
+                    return False
+                self._resolve(record)
+                return True
+            return self._judge_attempts(record)
         except errors.IntegrityError as e:
             self.set_exception(e)
         return True
+
+    def _judge_attempts(self, first: bytes | None) -> bool:
+        from dask_wren.attempts import INFRASTRUCTURE  # it imports this module
+
+        attempts = [] if first is None else [(0, self.key, first, self._header(self.key, first))]
+        if not attempts or not _is_ok(attempts[0][3]):
+            prefix = self.key.split(f"/{self.job_id}/", 1)[0]
+            for key, _ in self.storage.list(f"{protocol.attempts_prefix(prefix, self.job_id)}{self.call_id}."):
+                try:
+                    record = self.storage.get(key)
+                except KeyNotFound:
+                    continue
+                attempts.append((protocol.parse_result_key(key)[1], key, record, self._header(key, record)))
+        if not attempts:
+            return False
+        attempts.sort(key=lambda a: a[0])
+        ok = [a for a in attempts if _is_ok(a[3])]
+        _, key, record, header = ok[0] if ok else attempts[-1]
+        kind = (header.get("error") or {}).get("kind", "exception")
+        if not ok and kind in INFRASTRUCTURE and len(attempts) <= self._retries():
+            return False  # its host may run it again
+        self.key = key  # what the record verifies against, and where a large value is
+        self._resolve(record)
+        return True
+
+    def _header(self, key: str, record: bytes) -> dict[str, Any]:
+        return protocol.decode_header(record, key=self.signing_key, storage_key=key)[0]
+
+    def _retries(self) -> int:
+        """The job's ``retries`` (its manifest; read once), else the default."""
+        if self._detached_retries is None:
+            prefix = self.key.split(f"/{self.job_id}/", 1)[0]
+            try:
+                self._detached_retries = int(json.loads(self.storage.get(protocol.manifest_key(prefix, self.job_id)))["retries"])
+            except (KeyNotFound, ValueError, KeyError, TypeError):  # no manifest: an older host's job
+                from dask_wren.attempts import RetryPolicy
+
+                self._detached_retries = RetryPolicy.retries
+        return self._detached_retries
 
     def _await_detached(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -232,12 +285,17 @@ class WrenFuture(cf.Future):
             pause = min(pause * 2, _DETACHED_POLL[1])
 
 
+def _is_ok(header: dict[str, Any]) -> bool:
+    return header.get("status") == protocol.STATUS_OK
+
+
 def _rebuild_future(spec: dict[str, Any], key: str, job_id: str, call_id: str, stats: dict, key_id: str | None = None) -> WrenFuture:
     from dask_wren.signing import key_with_id  # reads dask.config: only where a future is loaded
 
     f = WrenFuture(storage_from_spec(spec), key, job_id, call_id, key_with_id(key_id))
     f.stats.update(stats)
     f._detached = True
+    f._detached_retries = None  # the job's retries, read from its manifest when first needed
     return f
 
 

@@ -7,6 +7,7 @@ A function learns which run it is from marker files in a directory that host and
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 
@@ -184,6 +185,24 @@ def test_a_cancelled_call_is_not_retried(local_executor, markers):
     open(go, "w").close()
     local_executor.wait()
     assert f.cancelled() and local_executor.attempts.launched["retry"] == 0
+
+
+def test_a_future_pickled_before_its_call_resolved_follows_every_attempt(local_executor, markers):
+    """Loaded elsewhere (here: unpickled, so it reads storage itself), a future pickled while its
+    call was pending resolves as its host's does: from the retry after a dead worker, from the
+    backup that beat a straggler, and with the function's own exception, which is not retried."""
+    items = [(i, {1: "kill", 3: "hang", 5: "raise"}.get(i), markers) for i in range(20)]
+    futures = local_executor.map(flaky, items, timeout=90)
+    detached = [pickle.loads(pickle.dumps(f)) for f in futures]
+    assert all(d._detached for d in detached)
+    for i in (1, 3, 0):
+        assert detached[i].result(timeout=90) == i * i
+        assert futures[i].result(timeout=90) == i * i
+    with pytest.raises(Transient):
+        detached[5].result(timeout=90)
+    assert [a["kind"] for a in futures[1].stats["attempts"]] == ["first", "retry"]
+    assert [a["kind"] for a in futures[3].stats["attempts"]] == ["first", "backup"]
+    assert detached[1].key == futures[1].key and detached[3].key == futures[3].key  # the deciding attempts'
 
 
 def test_retry_policy():
