@@ -255,6 +255,7 @@ def remove(storage: Storage, leftovers: list[Leftover]) -> None:
         if item.kind == "logs":
             shutil.rmtree(item.where, ignore_errors=True)
         elif item.kind == "job":
+            storage.delete([item.where + protocol.MANIFEST_NAME])  # first: late workers then write nothing
             storage.delete_prefix(item.where)
         else:
             storage.delete([item.where])

@@ -19,7 +19,13 @@ What Lambda does not do, the handler does itself, on every backend:
   execution stops (and its billing).  It writes no record: the host resolved those futures as
   cancelled already, or is gone;
 - **storage failures**: a record that cannot be written is retried as a bare failure record; one
-  that still cannot be written is logged and reported in the return value, never raised.
+  that still cannot be written is logged and reported in the return value, never raised;
+- **a deleted job**: Lambda may deliver an event late (its queue, a duplicate), after the host
+  took the call's result from another attempt and deleted the job.  A call whose payload is
+  missing while the job's manifest is gone too (hosts delete it first) writes no record, which
+  nobody would read and which would outlive the cleanup; it is logged and reported in the return
+  value (``handler_error``: a local pool records that as the call's failure, so a host that still
+  waits is told).
 A crash or an out-of-memory kill writes nothing, as on Lambda: the host sees no result.
 """
 
@@ -262,9 +268,30 @@ class _Invocation:
         self.polls = 0  # cancel-marker reads not yet counted in a record's storage_requests
         self.meter: _Meter | None = None  # what Lambda bills, shared out over the records
         self._extra_env: dict[str, str] | None = None
+        self._deleted: bool | None = None  # the job's manifest is gone (``job_deleted``)
         # Held while a record is written: the watchdog's records and the calls' never interleave,
         # and once the watchdog holds it, no call writes again (the process is ending).
         self.lock = threading.Lock()
+
+    def not_recorded(self, message: str) -> str:
+        """A call ends without a record: say so in the log and in the return value."""
+        print(f"dask-wren: {message}", file=sys.stderr, flush=True)
+        self.unrecorded.append(message)
+        return "unrecorded"
+
+    def job_deleted(self) -> bool:
+        """Whether the job's manifest is gone (one GET, asked once): its host deleted the job.  A
+        worker without s3:ListBucket is told 403 for a missing key, as for one it may not read."""
+        if self._deleted is None:
+            try:
+                self.storage.get(protocol.manifest_key(self.event["prefix"], self.event["job_id"]))
+                self._deleted = False
+            except (KeyNotFound, StorageDenied):
+                self._deleted = True
+            except Exception:  # storage unreachable: record the failure as usual
+                self._deleted = False
+            self.requests += 1
+        return self._deleted
 
     def extra_env(self) -> dict[str, str]:
         """The job's ``extra_env``: in the event, or (when too large for it) in storage, read once."""
@@ -485,10 +512,7 @@ class _CallRunner:
                 return "duplicate"
             except Exception as e:
                 error = e
-        message = f"call {self.call['id']}: no record could be written to storage ({type(error).__name__}: {error})"
-        print(f"dask-wren: {message}", file=sys.stderr, flush=True)
-        self.invocation.unrecorded.append(message)
-        return "unrecorded"
+        return self.invocation.not_recorded(f"call {self.call['id']}: no record could be written to storage ({type(error).__name__}: {error})")
 
     def fail(self, kind: str, message: str, exc: BaseException | None = None, locked: bool = False) -> str:
         """Record a call that could not run to the end; ``exc`` travels so the host can re-raise it."""
@@ -552,6 +576,12 @@ class _CallRunner:
             extra_env = self.invocation.extra_env()
             self.requests += self.invocation.requests - fetched
         except (KeyNotFound, StorageDenied) as e:
+            if self.invocation.job_deleted():
+                return self.invocation.not_recorded(
+                    f"call {self.call['id']}: job {self.event['job_id']} was deleted from storage before this call "
+                    "ran (its host took the result from another attempt and cleaned up, or `dask-wren clean` "
+                    "removed it): nothing recorded"
+                )
             return self.fail(protocol.FAIL_SETUP, _MISSING_PAYLOAD.format(detail=e))
         except IntegrityError as e:  # nothing of the object was unpickled; running it again would not help
             return self.fail(protocol.FAIL_INTEGRITY, str(e))

@@ -127,9 +127,14 @@ def parse_result_key(key: str) -> tuple[str, int]:
     return call_id, int(attempt) if attempt else 0
 
 
+#: The manifest's name under its job's prefix.  Hosts delete it before the job's other objects:
+#: a worker that finds the payload missing and the manifest gone writes no record (``handler``).
+MANIFEST_NAME = "job.json"
+
+
 def manifest_key(prefix: str, job_id: str) -> str:
     """The job's manifest: JSON that describes the job, for readers that have only storage."""
-    return f"{prefix}/{job_id}/job.json"
+    return f"{prefix}/{job_id}/{MANIFEST_NAME}"
 
 
 def cancel_key(prefix: str, job_id: str) -> str:

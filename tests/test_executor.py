@@ -116,6 +116,28 @@ def test_context_manager_cleans_storage(tmp_path):
     assert not any(p.is_file() for p in store.rglob("*"))
 
 
+def test_cleanup_deletes_each_jobs_manifest_before_the_rest(tmp_path, monkeypatch):
+    """A late worker that finds the payload gone finds the manifest gone too, and writes nothing."""
+    from lambda_worker import protocol
+    from lambda_worker.storage.local import LocalStorage
+
+    deleted = []
+    delete = LocalStorage.delete
+
+    def recording(self, keys):
+        deleted.extend(keys)
+        return delete(self, keys)
+
+    monkeypatch.setattr(LocalStorage, "delete", recording)
+    with dask_wren.default_executor(storage_dir=str(tmp_path / "store")) as ex:
+        futures = ex.map(square, range(3))
+        dask_wren.wait(futures)
+        job_id = futures[0].job_id
+    manifest = protocol.manifest_key(ex.settings.prefix, job_id)
+    job_objects = [k for k in deleted if k.startswith(protocol.job_prefix(ex.settings.prefix, job_id))]
+    assert job_objects[0] == manifest and len(job_objects) > 1
+
+
 def test_cleanup_can_be_turned_off(tmp_path):
     store = tmp_path / "store"
     with dask_wren.default_executor(storage_dir=str(store), cleanup=False) as ex:

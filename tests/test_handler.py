@@ -297,11 +297,25 @@ def test_an_unknown_store_is_reported_not_raised(tmp_path):
 def test_a_missing_payload_asks_about_cleanup_and_the_deployment(tmp_path):
     store = LocalStorage(str(tmp_path))
     event = make_event(store, big, [1])
+    store.put(protocol.manifest_key("t", "job1"), b"{}")  # the job is there; its function is not
     store.delete([protocol.func_key("t", "job1")])
     handler.lambda_handler(event, FakeContext())
     header, _ = read(store, 0)
     assert header["error"]["kind"] == protocol.FAIL_SETUP
     assert "payload is missing" in header["error"]["message"] and "bucket/prefix differ" in header["error"]["message"]
+
+
+def test_a_late_event_of_a_deleted_job_writes_nothing(tmp_path, capsys):
+    """Lambda may deliver an event after the host took the call's result from another attempt and
+    deleted the job (manifest first): a record then would only outlive the cleanup."""
+    store = LocalStorage(str(tmp_path))
+    event = make_event(store, big, [1, 2])
+    store.delete_prefix("t/job1/")
+    summary = handler.lambda_handler(event, FakeContext())
+    assert list(store.list("t/")) == []
+    assert summary["statuses"] == {"unrecorded": 2}
+    assert "job job1 was deleted from storage before this call ran" in summary["handler_error"]
+    assert "nothing recorded" in capsys.readouterr().err  # in the function's log (CloudWatch)
 
 
 def imports_missing(x):
