@@ -41,6 +41,10 @@ _CONDITION_LOCK = threading.Lock()  # creates each future's Condition exactly on
 _CANCELLED_STATES = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
 _DONE_STATES = (*_CANCELLED_STATES, cf._base.FINISHED)
 _DETACHED_POLL = (0.005, 0.5)  # first and longest pause between storage checks of a detached future
+#: First and longest pause between two listings of later attempts by a detached future whose call
+#: has no first-attempt record yet (a backup may have won: the loser writes none).  A LIST costs
+#: S3 12.5x a GET: a future waiting on a long call lists a few dozen times, not twice a second.
+_DETACHED_LIST = (1.0, 30.0)
 
 
 class WrenFuture(cf.Future):
@@ -239,6 +243,12 @@ class WrenFuture(cf.Future):
         from dask_wren.attempts import INFRASTRUCTURE  # it imports this module
 
         attempts = [] if first is None else [(0, self.key, first, self._header(self.key, first))]
+        if first is None:  # still running, most likely: list now and then only
+            now = time.monotonic()
+            if now < self._next_list:
+                return False
+            self._list_pause = min(self._list_pause * 2, _DETACHED_LIST[1])
+            self._next_list = now + self._list_pause
         if not attempts or not _is_ok(attempts[0][3]):
             prefix = self.key.split(f"/{self.job_id}/", 1)[0]
             for key, _ in self.storage.list(f"{protocol.attempts_prefix(prefix, self.job_id)}{self.call_id}."):
@@ -296,6 +306,8 @@ def _rebuild_future(spec: dict[str, Any], key: str, job_id: str, call_id: str, s
     f.stats.update(stats)
     f._detached = True
     f._detached_retries = None  # the job's retries, read from its manifest when first needed
+    f._list_pause = _DETACHED_LIST[0] / 2  # doubled before each use
+    f._next_list = time.monotonic() + _DETACHED_LIST[0]
     return f
 
 

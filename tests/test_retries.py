@@ -205,6 +205,24 @@ def test_a_future_pickled_before_its_call_resolved_follows_every_attempt(local_e
     assert detached[1].key == futures[1].key and detached[3].key == futures[3].key  # the deciding attempts'
 
 
+def test_a_pickled_future_waiting_on_a_running_call_lists_later_attempts_rarely(tmp_path):
+    """Until its call's first record arrives, a loaded future reads that record on every look, but
+    lists the later attempts (a LIST costs 12.5 GETs on S3) only after 1 s, then 2, 4 ... 30 s."""
+    from dask_wren.futures import WrenFuture
+    from dask_wren.testing.counting import CountingStorage
+    from lambda_worker.storage.local import LocalStorage
+
+    key = protocol.result_key("p", "job-0000", "000000")
+    detached = pickle.loads(pickle.dumps(WrenFuture(LocalStorage(str(tmp_path)), key, "job-0000", "000000", None)))
+    detached.storage = store = CountingStorage(detached.storage)
+    for _ in range(100):
+        assert not detached.done()
+    assert store.counts["get"] == 100 and store.counts["list"] == 0
+    detached._next_list = 0  # as if the first second had passed
+    assert not detached.done() and not detached.done()
+    assert store.counts["list"] == 1 and detached._next_list - time.monotonic() > 0.5
+
+
 def test_retry_policy():
     policy = RetryPolicy(retry_on=(Transient,))
     for kind in (protocol.FAIL_WORKER_DIED, protocol.FAIL_LOST, protocol.FAIL_INVOKE, protocol.FAIL_STORAGE, protocol.FAIL_HANDLER):
