@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from dask_wren import jobs, orphans
-from dask_wren.attempts import INFRASTRUCTURE
+from dask_wren.attempts import no_later_attempt
 from dask_wren.config import Settings, make_storage
 from dask_wren.cost import Tally
 from dask_wren.errors import ConfigError, LostCallError, WrenError
@@ -213,7 +213,7 @@ class _Judge:
             future, header = failure[0], failure[3]
             kind = (header.get("error") or {}).get("kind", "exception")
             failures = sum(1 for o in self.outcomes[call_id].values() if o != "ok")
-            final = kind not in INFRASTRUCTURE or failures > self.retries
+            final = no_later_attempt(kind, failures, self.retries)
             if final or (self.local and gone) or (quiet and now > self.last + self.timeout + self.grace + self.backoff):
                 del self.failed[call_id]
                 note = None if final else f"dask-wren attach: its host ({self.where}) did not run it again, nor does attach"

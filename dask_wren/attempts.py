@@ -479,6 +479,13 @@ class Attempts:
         return False
 
 
+def no_later_attempt(kind: str, failures: int, retries: int) -> bool:
+    """Whether a call whose latest failure is of ``kind``, after ``failures`` failed attempts, is
+    over for a reader that sees only its records (``dask_wren.attach``, a loaded future): the
+    failure is not one a host retries, or the job's ``retries`` are used up."""
+    return kind not in INFRASTRUCTURE or failures > retries
+
+
 def ran_span(timings: dict[str, Any]) -> tuple[float, float] | None:
     """When an attempt's function ran, from its record's timings: start to end (a call stopped at
     its timeout has no end: its record's write ends it); None if it never started."""

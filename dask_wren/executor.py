@@ -550,8 +550,7 @@ def _cleanup(
         return
     for job_id in list(jobs):
         try:
-            storage.delete([protocol.manifest_key(prefix, job_id)])  # first: late workers then write nothing
-            storage.delete_prefix(protocol.job_prefix(prefix, job_id))
+            orphans.delete_job(storage, protocol.job_prefix(prefix, job_id))
         except Exception as e:  # best effort: the bucket lifecycle rule (AWS) or temp cleaner gets the rest
             logger.warning("dask-wren: could not delete job %s from storage: %s", job_id, e)
         jobs.remove(job_id)

@@ -19,7 +19,6 @@ monitor: ``done()``/``result()`` look for its record in storage themselves.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -240,7 +239,7 @@ class WrenFuture(cf.Future):
         return True
 
     def _judge_attempts(self, first: bytes | None) -> bool:
-        from dask_wren.attempts import INFRASTRUCTURE  # it imports this module
+        from dask_wren.attempts import no_later_attempt  # it imports this module
 
         attempts = [] if first is None else [(0, self.key, first, self._header(self.key, first))]
         if first is None:  # still running, most likely: list now and then only
@@ -250,8 +249,7 @@ class WrenFuture(cf.Future):
             self._list_pause = min(self._list_pause * 2, _DETACHED_LIST[1])
             self._next_list = now + self._list_pause
         if not attempts or not _is_ok(attempts[0][3]):
-            prefix = self.key.split(f"/{self.job_id}/", 1)[0]
-            for key, _ in self.storage.list(f"{protocol.attempts_prefix(prefix, self.job_id)}{self.call_id}."):
+            for key, _ in self.storage.list(f"{protocol.attempts_prefix(self._prefix(), self.job_id)}{self.call_id}."):
                 try:
                     record = self.storage.get(key)
                 except KeyNotFound:
@@ -263,7 +261,7 @@ class WrenFuture(cf.Future):
         ok = [a for a in attempts if _is_ok(a[3])]
         _, key, record, header = ok[0] if ok else attempts[-1]
         kind = (header.get("error") or {}).get("kind", "exception")
-        if not ok and kind in INFRASTRUCTURE and len(attempts) <= self._retries():
+        if not ok and not no_later_attempt(kind, len(attempts), self._retries()):
             return False  # its host may run it again
         self.key = key  # what the record verifies against, and where a large value is
         self._resolve(record)
@@ -272,16 +270,18 @@ class WrenFuture(cf.Future):
     def _header(self, key: str, record: bytes) -> dict[str, Any]:
         return protocol.decode_header(record, key=self.signing_key, storage_key=key)[0]
 
+    def _prefix(self) -> str:
+        """The storage prefix its job lies under (its key is ``{prefix}/{job_id}/...``)."""
+        return self.key.split(f"/{self.job_id}/", 1)[0]
+
     def _retries(self) -> int:
         """The job's ``retries`` (its manifest; read once), else the default."""
         if self._detached_retries is None:
-            prefix = self.key.split(f"/{self.job_id}/", 1)[0]
-            try:
-                self._detached_retries = int(json.loads(self.storage.get(protocol.manifest_key(prefix, self.job_id)))["retries"])
-            except (KeyNotFound, ValueError, KeyError, TypeError):  # no manifest: an older host's job
-                from dask_wren.attempts import RetryPolicy
+            from dask_wren.attempts import RetryPolicy
+            from dask_wren.jobs import read_manifest
 
-                self._detached_retries = RetryPolicy.retries
+            manifest = read_manifest(self.storage, self._prefix(), self.job_id) or {}
+            self._detached_retries = int(manifest.get("retries", RetryPolicy.retries))
         return self._detached_retries
 
     def _await_detached(self, timeout: float | None) -> None:

@@ -249,14 +249,20 @@ def find_leftovers(storage: Storage, prefix: str, older_than: float | None = Non
     return found + dead_log_dirs()
 
 
+def delete_job(storage: Storage, where: str) -> None:
+    """Delete the job under ``where`` (``protocol.job_prefix``), its manifest first: a late worker
+    that finds the payload gone then finds the manifest gone too, and writes nothing (``handler``)."""
+    storage.delete([where + protocol.MANIFEST_NAME])
+    storage.delete_prefix(where)
+
+
 def remove(storage: Storage, leftovers: list[Leftover]) -> None:
     """Remove ``leftovers``: jobs before the record that names them, so a failure leaves it to name them."""
     for item in sorted(leftovers, key=lambda f: f.kind == "record"):
         if item.kind == "logs":
             shutil.rmtree(item.where, ignore_errors=True)
         elif item.kind == "job":
-            storage.delete([item.where + protocol.MANIFEST_NAME])  # first: late workers then write nothing
-            storage.delete_prefix(item.where)
+            delete_job(storage, item.where)
         else:
             storage.delete([item.where])
         logger.info("dask-wren: removed %s %s (%s)", item.kind, item.where, item.reason)
